@@ -1,0 +1,54 @@
+// Package spool is sealpost's durable queue on disk.
+//
+// A message is acknowledged to the submitting client (SMTP 250) only after
+// [Spool.Put] has returned, so Put makes the message survive a power cut
+// before it returns. From then on the message is delivered at least once or,
+// after [Options.MaxAge], given up and kept in failed/. A half-written
+// message is never delivered.
+//
+// # Layout
+//
+// Everything lives under one directory (created 0700):
+//
+//	lock              flock(2)ed by the one process that owns the spool
+//	tmp/<id>.eml      body being written; anything here at Open is a crash leftover and removed
+//	tmp/<id>.json     metadata being written (same)
+//	body/<id>.eml     the message body, written once, never rewritten
+//	queue/<id>.json   the metadata ([Message]); its presence is the commit marker
+//	failed/           given-up messages: <id>.json and <id>.eml, kept for the operator
+//	corrupt/          quarantined files that could not be decoded, with their body if any
+//
+// IDs are "20261127T111500-abcdefghij": UTC creation time to the second and
+// 50 random bits, so they sort by age, are safe as file names, and
+// [ParseID] refuses anything else (no "../x" ever reaches a path).
+//
+// # Durability order of Put
+//
+//  1. write tmp/<id>.eml, fsync it, rename it to body/<id>.eml
+//  2. write tmp/<id>.json, fsync it
+//  3. fsync body/ — before the commit marker exists, so that a crash can
+//     never leave metadata whose body rename was lost (directories are
+//     independent on disk; one's rename is not ordered before another's)
+//  4. rename tmp/<id>.json to queue/<id>.json — the commit point
+//  5. fsync queue/ — only now is the message durable, and Put returns
+//
+// A body without metadata is an interrupted Put and is removed at Open.
+// Metadata is rewritten the same way (temp, fsync, rename, fsync queue/)
+// after each delivery attempt. Directory fsyncs are shared between
+// concurrent callers (group commit, see dirSyncer): a burst of Puts costs
+// one fsync per directory instead of one each, yet no Put returns before an
+// fsync that started after its own rename has finished.
+//
+// When a message is finished, its final recipient states are first made
+// durable in queue/; only then are the files removed (all delivered) or
+// moved to failed/. Open completes a move that a crash interrupted.
+//
+// # Delivery
+//
+// [Spool.Run] runs one scheduler goroutine that keeps every queued message
+// in a min-heap keyed by its next attempt time (loaded once at Open; Put
+// adds to it) and hands due messages to a fixed pool of workers, each
+// calling a [Deliverer]. A message is never with two workers at once.
+// Errors are temporary unless they say otherwise (Temporary() == false):
+// mail is never dropped on a guess.
+package spool

@@ -1,0 +1,117 @@
+package spool
+
+import (
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"sync"
+)
+
+// FS is the file-system layer under the spool: the few operations that
+// writing and committing a message need. The default is the operating
+// system's; tests substitute one that fails on demand to show that no
+// failure leaves a committed half message.
+type FS interface {
+	MkdirAll(path string, perm fs.FileMode) error
+	// Create opens name for writing with mode 0600, truncating it if it
+	// exists (only temp files are created, and only their owner writes them).
+	Create(name string) (File, error)
+	Open(name string) (io.ReadCloser, error)
+	ReadFile(name string) ([]byte, error)
+	ReadDir(name string) ([]fs.DirEntry, error)
+	Rename(oldpath, newpath string) error
+	Remove(name string) error
+	// SyncDir makes the directory's entries (renames, removals) durable.
+	SyncDir(name string) error
+}
+
+// File is a file being written.
+type File interface {
+	io.Writer
+	Sync() error
+	Close() error
+}
+
+// OSFS returns the FS backed by the operating system.
+func OSFS() FS { return osFS{} }
+
+type osFS struct{}
+
+func (osFS) MkdirAll(path string, perm fs.FileMode) error { return os.MkdirAll(path, perm) }
+func (osFS) Create(name string) (File, error) {
+	return os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+}
+func (osFS) Open(name string) (io.ReadCloser, error)    { return os.Open(name) }
+func (osFS) ReadFile(name string) ([]byte, error)       { return os.ReadFile(name) }
+func (osFS) ReadDir(name string) ([]fs.DirEntry, error) { return os.ReadDir(name) }
+func (osFS) Rename(oldpath, newpath string) error       { return os.Rename(oldpath, newpath) }
+func (osFS) Remove(name string) error                   { return os.Remove(name) }
+func (osFS) SyncDir(name string) error {
+	d, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	return errors.Join(err, d.Close())
+}
+
+// dirSyncer shares directory fsyncs between concurrent callers (group
+// commit). A caller must call sync after its rename; sync returns once a
+// sync that started after the call has finished. A sync already running
+// when the caller arrives may have started before its rename, so it does
+// not count: the caller waits for the next one, which then also covers
+// everyone else who arrived meanwhile. A burst of N committers therefore
+// costs about two fsyncs, not N.
+type dirSyncer struct {
+	fs  FS
+	dir string
+
+	mu       sync.Mutex
+	cond     *sync.Cond
+	started  uint64 // generation of the latest sync started; the first is 1
+	finished uint64 // generation of the latest sync finished
+	running  bool
+	lastFail uint64 // generation of the latest failed sync, 0 if none
+	failErr  error
+	waiting  int // callers waiting for a sync to finish (tests observe it)
+}
+
+func newDirSyncer(fsys FS, dir string) *dirSyncer {
+	d := &dirSyncer{fs: fsys, dir: dir}
+	d.cond = sync.NewCond(&d.mu)
+	return d
+}
+
+func (d *dirSyncer) sync() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	need := d.started + 1 // the first sync to start from now on covers us
+	for d.finished < need {
+		if d.running {
+			d.waiting++
+			d.cond.Wait()
+			d.waiting--
+			continue
+		}
+		d.running = true
+		d.started++
+		gen := d.started
+		d.mu.Unlock()
+		err := d.fs.SyncDir(d.dir)
+		d.mu.Lock()
+		d.running = false
+		d.finished = gen
+		if err != nil {
+			d.lastFail, d.failErr = gen, err
+		}
+		d.cond.Broadcast()
+	}
+	// Conservative: if any sync since ours started failed, report it. After
+	// a failed fsync the kernel may have dropped the dirty entries, so a
+	// later success does not prove our rename reached the disk.
+	if d.lastFail >= need {
+		return d.failErr
+	}
+	return nil
+}

@@ -1,0 +1,28 @@
+//go:build unix && !solaris && !aix
+
+package spool
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+)
+
+// lockDir takes an exclusive, non-blocking flock on dir/lock. flock locks
+// belong to the open file, so the lock goes away with the process however
+// it dies: no stale lock files after a crash.
+func lockDir(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("spool: open lock file: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("spool: %s is locked by another process (is sealpost already running?): %w", path, ErrLocked)
+		}
+		return nil, fmt.Errorf("spool: lock %s: %w", path, err)
+	}
+	return f, nil
+}

@@ -1,0 +1,106 @@
+package spool
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Envelope is what the SMTP transaction said about a message, plus where it
+// came from (for the audit log and `queue show`).
+type Envelope struct {
+	From     string // "" is the null sender
+	To       []string
+	SMTPUTF8 bool `json:",omitempty"`
+
+	ClientAddr string    `json:",omitempty"` // remote address, or "unix" for the socket
+	AuthUser   string    `json:",omitempty"` // SMTP AUTH identity
+	LocalUser  string    `json:",omitempty"` // peer uid / user name on the unix socket
+	MessageID  string    `json:",omitempty"` // Message-ID header value
+	TLS        string    `json:",omitempty"` // e.g. "TLS1.3", "" for none
+	Received   time.Time // when the relay accepted it; Put sets it if zero
+}
+
+// RcptState is where one recipient stands.
+type RcptState string
+
+const (
+	Pending   RcptState = "pending"
+	Delivered RcptState = "delivered"
+	Failed    RcptState = "failed"
+)
+
+// Rcpt is one recipient and its state.
+type Rcpt struct {
+	Addr      string
+	State     RcptState
+	LastReply string `json:",omitempty"` // the upstream's last word on it
+}
+
+// Message is the metadata of a queued message, stored as JSON in
+// queue/<id>.json; that file existing is what makes the message queued.
+type Message struct {
+	ID          ID
+	Envelope    Envelope
+	Size        int64 // body bytes
+	Rcpts       []Rcpt
+	Attempts    int
+	NextAttempt time.Time
+	LastError   string `json:",omitempty"`
+	Created     time.Time
+}
+
+// Pending returns the addresses still to be tried.
+func (m *Message) Pending() []string {
+	var to []string
+	for _, r := range m.Rcpts {
+		if r.State == Pending {
+			to = append(to, r.Addr)
+		}
+	}
+	return to
+}
+
+// ErrCorrupt is returned (wrapped) for metadata that cannot be decoded or
+// does not make sense.
+var ErrCorrupt = errors.New("spool: corrupt metadata")
+
+func encodeMessage(m *Message) ([]byte, error) {
+	// Indented: operators read these files when something is stuck.
+	b, err := json.MarshalIndent(m, "", "\t")
+	if err != nil {
+		return nil, fmt.Errorf("spool: encode metadata: %w", err)
+	}
+	return append(b, '\n'), nil
+}
+
+// decodeMessage decodes and validates metadata. want, if not empty, is the
+// ID the file name promised: a file renamed by hand must not be mistaken
+// for another message (its body would be wrong).
+func decodeMessage(data []byte, want ID) (*Message, error) {
+	var m Message
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	if _, err := ParseID(string(m.ID)); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	if want != "" && m.ID != want {
+		return nil, fmt.Errorf("%w: id %q in file for %q", ErrCorrupt, m.ID, want)
+	}
+	if len(m.Rcpts) == 0 {
+		return nil, fmt.Errorf("%w: no recipients", ErrCorrupt)
+	}
+	for _, r := range m.Rcpts {
+		switch r.State {
+		case Pending, Delivered, Failed:
+		default:
+			return nil, fmt.Errorf("%w: recipient %q has unknown state %q", ErrCorrupt, r.Addr, r.State)
+		}
+	}
+	if m.Size < 0 || m.Attempts < 0 {
+		return nil, fmt.Errorf("%w: negative size or attempts", ErrCorrupt)
+	}
+	return &m, nil
+}

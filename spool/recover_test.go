@@ -1,0 +1,213 @@
+package spool
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+)
+
+func writeFile(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func metaJSON(t *testing.T, m *Message) string {
+	t.Helper()
+	b, err := encodeMessage(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func testMessage(id ID, states ...RcptState) *Message {
+	now := time.Date(2026, 11, 27, 11, 0, 0, 0, time.UTC)
+	m := &Message{ID: id, Envelope: Envelope{From: "a@x", Received: now}, Created: now, NextAttempt: now}
+	for i, st := range states {
+		addr := string(rune('a'+i)) + "@y"
+		m.Envelope.To = append(m.Envelope.To, addr)
+		m.Rcpts = append(m.Rcpts, Rcpt{Addr: addr, State: st})
+	}
+	return m
+}
+
+// TestOpenRecovers crafts the states a crash (or a careless operator) can
+// leave behind, reopens the spool and checks that each is cleaned up or
+// quarantined, that none is delivered, and that a good message queued
+// beside it still is.
+func TestOpenRecovers(t *testing.T) {
+	t.Parallel()
+	const bad = ID("20261127T100000-badbadbadb")
+	tests := []struct {
+		name      string
+		setup     func(t *testing.T, dir string)
+		wantEvent string
+		want      map[string][]string // subdirectory -> files after Open
+	}{
+		{
+			name: "truncated temp body and metadata",
+			setup: func(t *testing.T, dir string) {
+				writeFile(t, filepath.Join(dir, dirTmp, string(bad)+extBody), "Subject: half a mess")
+				writeFile(t, filepath.Join(dir, dirTmp, string(bad)+extMeta), `{"ID":"2026`)
+			},
+			wantEvent: EventRemovedTemp,
+		},
+		{
+			name: "complete temp files never renamed",
+			setup: func(t *testing.T, dir string) {
+				writeFile(t, filepath.Join(dir, dirTmp, string(bad)+extBody), "Subject: x\r\n\r\nwhole\r\n")
+				writeFile(t, filepath.Join(dir, dirTmp, string(bad)+extMeta), metaJSON(t, testMessage(bad, Pending)))
+			},
+			wantEvent: EventRemovedTemp,
+		},
+		{
+			name: "body without metadata",
+			setup: func(t *testing.T, dir string) {
+				writeFile(t, filepath.Join(dir, dirBody, string(bad)+extBody), "Subject: x\r\n\r\nnever committed\r\n")
+			},
+			wantEvent: EventRemovedTemp,
+		},
+		{
+			name: "bad JSON",
+			setup: func(t *testing.T, dir string) {
+				writeFile(t, filepath.Join(dir, dirQueue, string(bad)+extMeta), "{not json")
+				writeFile(t, filepath.Join(dir, dirBody, string(bad)+extBody), "body")
+			},
+			wantEvent: EventCorrupt,
+			want:      map[string][]string{dirCorrupt: {string(bad) + extBody, string(bad) + extMeta}},
+		},
+		{
+			name: "unknown recipient state",
+			setup: func(t *testing.T, dir string) {
+				writeFile(t, filepath.Join(dir, dirQueue, string(bad)+extMeta), metaJSON(t, testMessage(bad, "bounced")))
+				writeFile(t, filepath.Join(dir, dirBody, string(bad)+extBody), "body")
+			},
+			wantEvent: EventCorrupt,
+			want:      map[string][]string{dirCorrupt: {string(bad) + extBody, string(bad) + extMeta}},
+		},
+		{
+			name: "metadata names another id",
+			setup: func(t *testing.T, dir string) {
+				other := testMessage("20261127T100000-otherotheo", Pending)
+				writeFile(t, filepath.Join(dir, dirQueue, string(bad)+extMeta), metaJSON(t, other))
+				writeFile(t, filepath.Join(dir, dirBody, string(bad)+extBody), "body")
+			},
+			wantEvent: EventCorrupt,
+			want:      map[string][]string{dirCorrupt: {string(bad) + extBody, string(bad) + extMeta}},
+		},
+		{
+			name: "unknown file name in queue",
+			setup: func(t *testing.T, dir string) {
+				writeFile(t, filepath.Join(dir, dirQueue, "notes.txt"), "hello")
+			},
+			wantEvent: EventCorrupt,
+			want:      map[string][]string{dirCorrupt: {"notes.txt"}},
+		},
+		{
+			name: "metadata without body",
+			setup: func(t *testing.T, dir string) {
+				writeFile(t, filepath.Join(dir, dirQueue, string(bad)+extMeta), metaJSON(t, testMessage(bad, Pending)))
+			},
+			wantEvent: EventCorrupt,
+			want:      map[string][]string{dirCorrupt: {string(bad) + extMeta}},
+		},
+		{
+			name: "interrupted move to failed",
+			setup: func(t *testing.T, dir string) {
+				writeFile(t, filepath.Join(dir, dirQueue, string(bad)+extMeta), metaJSON(t, testMessage(bad, Failed)))
+				writeFile(t, filepath.Join(dir, dirFailed, string(bad)+extBody), "body")
+			},
+			want: map[string][]string{dirFailed: {string(bad) + extBody, string(bad) + extMeta}},
+		},
+		{
+			name: "finished but not moved (failed)",
+			setup: func(t *testing.T, dir string) {
+				writeFile(t, filepath.Join(dir, dirQueue, string(bad)+extMeta), metaJSON(t, testMessage(bad, Delivered, Failed)))
+				writeFile(t, filepath.Join(dir, dirBody, string(bad)+extBody), "body")
+			},
+			want: map[string][]string{dirFailed: {string(bad) + extBody, string(bad) + extMeta}},
+		},
+		{
+			name: "finished but not removed (delivered)",
+			setup: func(t *testing.T, dir string) {
+				writeFile(t, filepath.Join(dir, dirQueue, string(bad)+extMeta), metaJSON(t, testMessage(bad, Delivered, Delivered)))
+				writeFile(t, filepath.Join(dir, dirBody, string(bad)+extBody), "body")
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			te := newTestEnv(t, Options{})
+			good := put(t, te.s, "good", "ok@x")
+			if err := te.s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			tt.setup(t, te.dir)
+
+			s := te.open(t, Options{})
+			if tt.wantEvent != "" {
+				if ev := te.ev.wait(t, tt.wantEvent, ""); ev.Kind == EventCorrupt && ev.Err == nil {
+					t.Errorf("corrupt event without a reason: %+v", ev)
+				}
+			}
+			// Open handled the damage synchronously; the queue holds only
+			// the good message, so nothing else can ever be delivered.
+			list, err := s.List()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(list) != 1 || list[0].ID != good {
+				t.Fatalf("queue after Open: %v, want only %s", list, good)
+			}
+			s.mu.Lock()
+			_, hasGood := s.items[good]
+			n := len(s.items)
+			s.mu.Unlock()
+			if n != 1 || !hasGood {
+				t.Fatalf("scheduler holds %d items (good: %v), want only the good one", n, hasGood)
+			}
+			for _, sub := range []string{dirTmp, dirFailed, dirCorrupt} {
+				if got := files(t, te.dir, sub); !slices.Equal(got, tt.want[sub]) {
+					t.Errorf("%s/ = %v, want %v", sub, got, tt.want[sub])
+				}
+			}
+			if got, want := files(t, te.dir, dirBody), []string{string(good) + extBody}; !slices.Equal(got, want) {
+				t.Errorf("body/ = %v, want %v", got, want)
+			}
+
+			d := &deliverer{}
+			run(t, s, d)
+			te.ev.wait(t, EventDelivered, good)
+			if calls := d.Calls(); len(calls) != 1 || calls[0].body != "good" {
+				t.Errorf("delivered %+v, want only the good message", calls)
+			}
+		})
+	}
+}
+
+func TestCorruptAtDeliveryTime(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{})
+	id := put(t, te.s, "x", "a@x")
+	// Damaged after Open loaded it (a disk error, a stray editor).
+	writeFile(t, filepath.Join(te.dir, dirQueue, string(id)+extMeta), "garbage")
+	d := &deliverer{}
+	run(t, te.s, d)
+	ev := te.ev.wait(t, EventCorrupt, id)
+	if !errors.Is(ev.Err, ErrCorrupt) {
+		t.Errorf("event err %v, want ErrCorrupt", ev.Err)
+	}
+	if len(d.Calls()) != 0 {
+		t.Errorf("corrupt message delivered")
+	}
+	if got := files(t, te.dir, dirCorrupt); len(got) != 2 {
+		t.Errorf("corrupt/ = %v", got)
+	}
+	assertEmptySpool(t, te.dir)
+}

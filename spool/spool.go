@@ -1,0 +1,635 @@
+package spool
+
+import (
+	"bytes"
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Subdirectories of the spool directory; see the package documentation.
+const (
+	dirTmp     = "tmp"
+	dirBody    = "body"
+	dirQueue   = "queue"
+	dirFailed  = "failed"
+	dirCorrupt = "corrupt"
+
+	extBody = ".eml"
+	extMeta = ".json"
+)
+
+var (
+	// ErrLocked is returned (wrapped) by Open when another process holds the spool.
+	ErrLocked = errors.New("spool: directory locked")
+	// ErrNotFound is returned (wrapped) for an ID that is not queued.
+	ErrNotFound = errors.New("spool: message not found")
+	// ErrClosed is returned by operations on a closed spool.
+	ErrClosed = errors.New("spool: closed")
+	// ErrReadOnly is returned by operations that write, on a spool opened ReadOnly.
+	ErrReadOnly = errors.New("spool: opened read-only")
+)
+
+// Options configure a Spool. The zero value is usable.
+type Options struct {
+	// Now is the clock; default time.Now. Tests inject a fake one.
+	Now func() time.Time
+	// MaxAge is how long a message is retried before it is given up and
+	// moved to failed/; default 5 days.
+	MaxAge time.Duration
+	// Backoff is the wait after the 1st, 2nd, … failed attempt; after the
+	// last entry the last one repeats. Default 1m, 5m, 15m, 1h. Each wait
+	// gets ±10% jitter.
+	Backoff []time.Duration
+	// Workers is the number of concurrent deliveries; default 4.
+	Workers int
+	// Events, if set, receives one Event per decision (the audit log). It is
+	// called from several goroutines at once and should not block long.
+	Events func(Event)
+	// FS is the file-system layer; default the operating system's.
+	FS FS
+	// ReadOnly opens the spool without locking it, cleaning it or creating
+	// it, so that `queue list` / `queue show` can look at the spool of a
+	// running server. Put, Delete and Run then fail with ErrReadOnly.
+	ReadOnly bool
+}
+
+const (
+	defaultMaxAge  = 5 * 24 * time.Hour
+	defaultWorkers = 4
+	// Large enough that a typical message is a handful of write(2)s, small
+	// enough that a hundred concurrent Puts cost a few MiB, whatever the
+	// message size.
+	copyBufferSize = 32 << 10
+)
+
+func defaultBackoff() []time.Duration {
+	return []time.Duration{time.Minute, 5 * time.Minute, 15 * time.Minute, time.Hour}
+}
+
+func (o Options) withDefaults() (Options, error) {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	switch {
+	case o.MaxAge == 0:
+		o.MaxAge = defaultMaxAge
+	case o.MaxAge < 0:
+		return o, fmt.Errorf("spool: MaxAge %v is negative", o.MaxAge)
+	}
+	if len(o.Backoff) == 0 {
+		o.Backoff = defaultBackoff()
+	} else {
+		o.Backoff = slices.Clone(o.Backoff)
+	}
+	for _, b := range o.Backoff {
+		if b <= 0 {
+			return o, fmt.Errorf("spool: Backoff %v is not positive", b)
+		}
+	}
+	if o.Workers <= 0 {
+		o.Workers = defaultWorkers
+	}
+	if o.FS == nil {
+		o.FS = osFS{}
+	}
+	return o, nil
+}
+
+// Spool is an open spool directory. Its methods are safe for concurrent use.
+type Spool struct {
+	dir  string
+	opts Options
+	fs   FS
+	lock *os.File // nil when ReadOnly
+
+	bodySync, queueSync, failedSync *dirSyncer
+	bufs                            sync.Pool // *[]byte copy buffers for Put
+
+	kick chan struct{} // wakes the scheduler; buffered 1
+	done chan struct{} // closed by Close
+
+	mu      sync.Mutex
+	items   map[ID]*item // every message of the active queue this process knows
+	sched   schedHeap    // the items not being delivered, by next attempt
+	closed  bool
+	running bool
+	ops     sync.WaitGroup // Puts, Deletes and Run in progress; Close waits for them
+}
+
+// Open opens (creating it 0700 if needed) and locks the spool in dir. Only
+// one process may have a spool open; a second Open fails with ErrLocked.
+// Open removes leftovers of interrupted writes, quarantines what cannot be
+// decoded (each reported as an Event) and loads the queue for Run.
+func Open(dir string, opts Options) (*Spool, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	s := &Spool{
+		dir:   dir,
+		opts:  opts,
+		fs:    opts.FS,
+		items: make(map[ID]*item),
+		kick:  make(chan struct{}, 1),
+		done:  make(chan struct{}),
+	}
+	s.bodySync = newDirSyncer(s.fs, s.path(dirBody, ""))
+	s.queueSync = newDirSyncer(s.fs, s.path(dirQueue, ""))
+	s.failedSync = newDirSyncer(s.fs, s.path(dirFailed, ""))
+	s.bufs.New = func() any { b := make([]byte, copyBufferSize); return &b }
+
+	if opts.ReadOnly {
+		if _, err := s.fs.ReadDir(s.path(dirQueue, "")); err != nil {
+			return nil, fmt.Errorf("spool: open %s: %w", dir, err)
+		}
+		return s, nil
+	}
+	for _, sub := range []string{"", dirTmp, dirBody, dirQueue, dirFailed, dirCorrupt} {
+		if err := s.fs.MkdirAll(s.path(sub, ""), 0o700); err != nil {
+			return nil, fmt.Errorf("spool: create %s: %w", s.path(sub, ""), err)
+		}
+	}
+	if s.lock, err = lockDir(filepath.Join(dir, "lock")); err != nil {
+		return nil, err
+	}
+	if err := s.recover(); err != nil {
+		s.lock.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close stops Run (as if its context were cancelled), waits for Puts and
+// deliveries in progress, and releases the lock.
+func (s *Spool) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.done)
+	s.mu.Unlock()
+	s.ops.Wait()
+	if s.lock != nil {
+		if err := s.lock.Close(); err != nil {
+			return fmt.Errorf("spool: release lock: %w", err)
+		}
+	}
+	return nil
+}
+
+// Dir returns the spool directory.
+func (s *Spool) Dir() string { return s.dir }
+
+func (s *Spool) path(sub, name string) string { return filepath.Join(s.dir, sub, name) }
+
+func (s *Spool) now() time.Time { return s.opts.Now().UTC() }
+
+func (s *Spool) event(e Event) {
+	if s.opts.Events != nil {
+		s.opts.Events(e)
+	}
+}
+
+// beginOp registers a writing operation so that Close waits for it.
+func (s *Spool) beginOp() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return ErrClosed
+	case s.opts.ReadOnly:
+		return ErrReadOnly
+	}
+	s.ops.Add(1)
+	return nil
+}
+
+// Put writes a message and returns once it is durable; only then may the
+// caller acknowledge it. The body is streamed to disk, never held in
+// memory. Any error means nothing was queued (the caller answers 451 4.3.0).
+func (s *Spool) Put(ctx context.Context, env Envelope, body io.Reader) (ID, error) {
+	id := s.NewID()
+	if err := s.PutID(ctx, id, env, body); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+// NewID returns a fresh message id, for a caller that must name the
+// message inside its own body (the Received field) before it calls PutID.
+func (s *Spool) NewID() ID { return newID(s.now()) }
+
+// PutID is Put with an id from NewID.
+func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader) (err error) {
+	if _, err := ParseID(string(id)); err != nil {
+		return fmt.Errorf("spool: put: %w", err)
+	}
+	if err := s.beginOp(); err != nil {
+		return err
+	}
+	defer s.ops.Done()
+	if len(env.To) == 0 {
+		return errors.New("spool: put: no recipients")
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("spool: put: %w", err)
+	}
+
+	now := s.now()
+	tmpBody, finalBody := s.path(dirTmp, string(id)+extBody), s.path(dirBody, string(id)+extBody)
+	tmpMeta, finalMeta := s.path(dirTmp, string(id)+extMeta), s.path(dirQueue, string(id)+extMeta)
+
+	size, err := s.writeFile(tmpBody, ctxReader{ctx, body})
+	if err != nil {
+		return fmt.Errorf("spool: write body: %w", err)
+	}
+	if err := s.fs.Rename(tmpBody, finalBody); err != nil {
+		s.fs.Remove(tmpBody)
+		return fmt.Errorf("spool: commit body: %w", err)
+	}
+	committed := false
+	defer func() {
+		if err == nil {
+			return
+		}
+		// Undo, so that a client told "try again" does not also get the
+		// message delivered. Best effort: if this fails too, the message
+		// may be delivered twice, which beats losing it.
+		if committed {
+			s.fs.Remove(finalMeta)
+		}
+		s.fs.Remove(finalBody)
+	}()
+
+	if env.Received.IsZero() {
+		env.Received = now
+	}
+	env.Received = env.Received.UTC()
+	env.To = slices.Clone(env.To)
+	msg := &Message{ID: id, Envelope: env, Size: size, NextAttempt: now, Created: now}
+	for _, to := range env.To {
+		msg.Rcpts = append(msg.Rcpts, Rcpt{Addr: to, State: Pending})
+	}
+	data, err := encodeMessage(msg)
+	if err != nil {
+		return err
+	}
+	if _, err := s.writeFile(tmpMeta, bytes.NewReader(data)); err != nil {
+		return fmt.Errorf("spool: write metadata: %w", err)
+	}
+	if err := s.bodySync.sync(); err != nil {
+		s.fs.Remove(tmpMeta)
+		return fmt.Errorf("spool: sync body directory: %w", err)
+	}
+	// Last chance to give up: past the rename the message exists.
+	if err := ctx.Err(); err != nil {
+		s.fs.Remove(tmpMeta)
+		return fmt.Errorf("spool: put: %w", err)
+	}
+	if err := s.fs.Rename(tmpMeta, finalMeta); err != nil {
+		s.fs.Remove(tmpMeta)
+		return fmt.Errorf("spool: commit metadata: %w", err)
+	}
+	committed = true
+	if err := s.queueSync.sync(); err != nil {
+		return fmt.Errorf("spool: sync queue directory: %w", err)
+	}
+	s.schedule(id, now)
+	return nil
+}
+
+// writeFile writes r to a new file name and fsyncs it; on error the file is
+// removed.
+func (s *Spool) writeFile(name string, r io.Reader) (n int64, err error) {
+	f, err := s.fs.Create(name)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			s.fs.Remove(name)
+		}
+	}()
+	bp := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(bp)
+	// writerOnly hides any ReadFrom so that the copy goes through our
+	// bounded buffer and through the FS's Write (which tests intercept).
+	if n, err = io.CopyBuffer(writerOnly{f}, r, *bp); err != nil {
+		return n, err
+	}
+	if err = f.Sync(); err != nil {
+		return n, fmt.Errorf("fsync: %w", err)
+	}
+	// Close reports write-back errors on some file systems (NFS); not
+	// checking it could acknowledge a message that is not on disk.
+	if err = f.Close(); err != nil {
+		return n, fmt.Errorf("close: %w", err)
+	}
+	return n, nil
+}
+
+type writerOnly struct{ io.Writer }
+
+// ctxReader stops a long body copy when the client has gone away.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// writeMeta atomically replaces the metadata in dir (queue/ or failed/).
+func (s *Spool) writeMeta(m *Message, dir string, ds *dirSyncer) error {
+	data, err := encodeMessage(m)
+	if err != nil {
+		return err
+	}
+	tmp := s.path(dirTmp, string(m.ID)+extMeta)
+	if _, err := s.writeFile(tmp, bytes.NewReader(data)); err != nil {
+		return fmt.Errorf("spool: write metadata %s: %w", m.ID, err)
+	}
+	if err := s.fs.Rename(tmp, s.path(dir, string(m.ID)+extMeta)); err != nil {
+		s.fs.Remove(tmp)
+		return fmt.Errorf("spool: commit metadata %s: %w", m.ID, err)
+	}
+	if err := ds.sync(); err != nil {
+		return fmt.Errorf("spool: sync %s directory: %w", dir, err)
+	}
+	return nil
+}
+
+// Get returns the metadata of a queued message.
+func (s *Spool) Get(id ID) (*Message, error) {
+	if _, err := ParseID(string(id)); err != nil {
+		return nil, err
+	}
+	data, err := s.fs.ReadFile(s.path(dirQueue, string(id)+extMeta))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("spool: get %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("spool: get %s: %w", id, err)
+	}
+	m, err := decodeMessage(data, id)
+	if err != nil {
+		return nil, fmt.Errorf("spool: get %s: %w", id, err)
+	}
+	return m, nil
+}
+
+// OpenBody opens the body of a queued message for reading.
+func (s *Spool) OpenBody(id ID) (io.ReadCloser, error) {
+	if _, err := ParseID(string(id)); err != nil {
+		return nil, err
+	}
+	f, err := s.fs.Open(s.path(dirBody, string(id)+extBody))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("spool: open body %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("spool: open body %s: %w", id, err)
+	}
+	return f, nil
+}
+
+// List returns the active queue, sorted by ID (oldest first). It reads the
+// disk, so it also works ReadOnly; entries that vanish or cannot be decoded
+// meanwhile are skipped (Open and Run quarantine the latter).
+func (s *Spool) List() ([]*Message, error) {
+	entries, err := s.fs.ReadDir(s.path(dirQueue, ""))
+	if err != nil {
+		return nil, fmt.Errorf("spool: list: %w", err)
+	}
+	var out []*Message
+	for _, e := range entries {
+		id, ok := idFromName(e.Name(), extMeta)
+		if !ok || e.IsDir() {
+			continue
+		}
+		m, err := s.Get(id)
+		if err != nil {
+			continue
+		}
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b *Message) int { return cmpID(a.ID, b.ID) })
+	return out, nil
+}
+
+func cmpID(a, b ID) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Delete removes a queued message. A message being delivered right now is
+// removed when its attempt ends (which may still reach some recipients).
+func (s *Spool) Delete(id ID) error {
+	if _, err := ParseID(string(id)); err != nil {
+		return err
+	}
+	if err := s.beginOp(); err != nil {
+		return err
+	}
+	defer s.ops.Done()
+	s.mu.Lock()
+	it := s.items[id]
+	if it != nil && it.busy {
+		it.deleted = true
+		s.mu.Unlock()
+		return nil
+	}
+	if it != nil {
+		heap.Remove(&s.sched, it.index)
+		delete(s.items, id)
+	}
+	s.mu.Unlock()
+	if err := s.removeFiles(id); err != nil {
+		return fmt.Errorf("spool: delete %s: %w", id, err)
+	}
+	s.event(Event{Kind: EventDeleted, ID: id})
+	return nil
+}
+
+// removeFiles removes a message from the queue: metadata first (durably),
+// then the body, so a crash in between leaves only an orphan body, which
+// Open cleans up.
+func (s *Spool) removeFiles(id ID) error {
+	err := s.fs.Remove(s.path(dirQueue, string(id)+extMeta))
+	if errors.Is(err, fs.ErrNotExist) {
+		return ErrNotFound
+	}
+	if err != nil {
+		return err
+	}
+	if err := s.queueSync.sync(); err != nil {
+		return err
+	}
+	if err := s.fs.Remove(s.path(dirBody, string(id)+extBody)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// recover brings the directory to a consistent state after a crash and
+// loads the queue.
+func (s *Spool) recover() error {
+	tmps, err := s.fs.ReadDir(s.path(dirTmp, ""))
+	if err != nil {
+		return fmt.Errorf("spool: read %s: %w", dirTmp, err)
+	}
+	// We hold the lock, so nobody is writing these: every one is the
+	// leftover of a write that a crash interrupted.
+	for _, e := range tmps {
+		id, _ := ParseID(trimExt(e.Name()))
+		err := s.fs.Remove(s.path(dirTmp, e.Name()))
+		if err != nil {
+			err = fmt.Errorf("spool: remove stale temp file %s: %w", e.Name(), err)
+		}
+		s.event(Event{Kind: EventRemovedTemp, ID: id, Err: err})
+	}
+
+	bodies, err := s.nameSet(dirBody)
+	if err != nil {
+		return err
+	}
+	failedBodies, err := s.nameSet(dirFailed)
+	if err != nil {
+		return err
+	}
+	metas, err := s.fs.ReadDir(s.path(dirQueue, ""))
+	if err != nil {
+		return fmt.Errorf("spool: read %s: %w", dirQueue, err)
+	}
+	for _, e := range metas {
+		name := e.Name()
+		id, ok := idFromName(name, extMeta)
+		if !ok || e.IsDir() {
+			if err := s.quarantine(name, "", fmt.Errorf("%w: unexpected file name %q", ErrCorrupt, name)); err != nil {
+				return err
+			}
+			continue
+		}
+		data, err := s.fs.ReadFile(s.path(dirQueue, name))
+		if err != nil {
+			return fmt.Errorf("spool: read %s: %w", name, err)
+		}
+		m, err := decodeMessage(data, id)
+		if err != nil {
+			if err := s.quarantine(name, id, err); err != nil {
+				return err
+			}
+			continue
+		}
+		bodyName := string(id) + extBody
+		if !bodies[bodyName] {
+			if failedBodies[bodyName] {
+				// A move to failed/ was interrupted after the body went.
+				if err := s.fs.Rename(s.path(dirQueue, name), s.path(dirFailed, name)); err != nil {
+					return fmt.Errorf("spool: finish moving %s to failed: %w", id, err)
+				}
+				continue
+			}
+			if err := s.quarantine(name, id, fmt.Errorf("%w: body missing", ErrCorrupt)); err != nil {
+				return err
+			}
+			continue
+		}
+		delete(bodies, bodyName)
+		if len(m.Pending()) == 0 {
+			// Decided before a crash interrupted the clean-up.
+			if err := s.complete(m); err == nil {
+				continue
+			}
+			// Leave it queued; a worker retries the clean-up.
+		}
+		s.items[id] = &item{id: id, next: m.NextAttempt}
+		heap.Push(&s.sched, s.items[id])
+	}
+
+	for name := range bodies {
+		id, ok := idFromName(name, extBody)
+		if !ok {
+			// Not ours to delete; out of the way.
+			if err := s.moveToCorrupt(dirBody, name); err != nil {
+				return err
+			}
+			s.event(Event{Kind: EventCorrupt, Err: fmt.Errorf("%w: unexpected file %s/%s", ErrCorrupt, dirBody, name)})
+			continue
+		}
+		// A body without metadata: a Put that never committed, or a
+		// delivered message whose removal was interrupted. Either way it
+		// must not be delivered.
+		err := s.fs.Remove(s.path(dirBody, name))
+		if err != nil {
+			err = fmt.Errorf("spool: remove body without metadata %s: %w", name, err)
+		} else {
+			err = fmt.Errorf("spool: removed body without metadata %s", name)
+		}
+		s.event(Event{Kind: EventRemovedTemp, ID: id, Err: err})
+	}
+	return nil
+}
+
+func (s *Spool) nameSet(sub string) (map[string]bool, error) {
+	entries, err := s.fs.ReadDir(s.path(sub, ""))
+	if err != nil {
+		return nil, fmt.Errorf("spool: read %s: %w", sub, err)
+	}
+	set := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		if !e.IsDir() {
+			set[e.Name()] = true
+		}
+	}
+	return set, nil
+}
+
+func trimExt(name string) string { return name[:len(name)-len(filepath.Ext(name))] }
+
+// quarantine moves queue/<name> (and the body of id, if any) to corrupt/,
+// so that one bad file neither crashes the relay nor blocks the queue.
+func (s *Spool) quarantine(name string, id ID, cause error) error {
+	if err := s.moveToCorrupt(dirQueue, name); err != nil {
+		return err
+	}
+	if id != "" {
+		err := s.moveToCorrupt(dirBody, string(id)+extBody)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	s.event(Event{Kind: EventCorrupt, ID: id, Err: cause})
+	return nil
+}
+
+func (s *Spool) moveToCorrupt(sub, name string) error {
+	if err := s.fs.Rename(s.path(sub, name), s.path(dirCorrupt, name)); err != nil {
+		return fmt.Errorf("spool: quarantine %s/%s: %w", sub, name, err)
+	}
+	if err := s.fs.SyncDir(s.path(dirCorrupt, "")); err != nil {
+		return fmt.Errorf("spool: quarantine %s/%s: %w", sub, name, err)
+	}
+	return nil
+}
