@@ -1,0 +1,379 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"sealpost/certs/certstest"
+	"sealpost/upstream/upstreamtest"
+)
+
+// End-to-end tests: the built binary, driven the way an admin would, with
+// an in-process upstream. Everything stays on loopback.
+
+var sealpostBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "sealpost-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	sealpostBin = filepath.Join(dir, "sealpost")
+	build := exec.Command("go", "build", "-o", sealpostBin, ".")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build sealpost:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const (
+	e2eUser     = "relay@example.com"
+	e2ePassword = "e2e-Upstream-pa55word"
+)
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+type e2eSetup struct {
+	dir, caFile, pwFile, spoolDir string
+}
+
+func newSetup(t *testing.T, caPEM []byte) e2eSetup {
+	t.Helper()
+	dir := t.TempDir()
+	s := e2eSetup{dir: dir, caFile: filepath.Join(dir, "ca.pem"), pwFile: filepath.Join(dir, "pw"), spoolDir: filepath.Join(dir, "spool")}
+	if err := os.WriteFile(s.caFile, caPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.pwFile, []byte(e2ePassword+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// writeConfig writes a configuration for a relay on listen that relays to
+// upstreamAddr; extra is appended to the top level.
+func (s e2eSetup) writeConfig(t *testing.T, listen, upstreamAddr, extra string) string {
+	t.Helper()
+	cfg := fmt.Sprintf(`hostname = "relay.e2e.test"
+run_as_root = %v
+%s
+[listen]
+addrs = [%q]
+socket = ""
+
+[upstream]
+addr = %q
+server_name = "127.0.0.1"
+ca_file = %q
+username = %q
+password_file = %q
+
+[spool]
+dir = %q
+retry_intervals = ["1s"]
+
+[log]
+format = "json"
+level = "debug"
+`, os.Geteuid() == 0, extra, listen, upstreamAddr, s.caFile, e2eUser, s.pwFile, s.spoolDir)
+	path := filepath.Join(s.dir, "relay.toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// daemon is a running `sealpost serve`.
+type daemon struct {
+	cmd    *exec.Cmd
+	stderr *lockedBuffer
+	done   chan error
+}
+
+func startServe(t *testing.T, config, listen string) *daemon {
+	t.Helper()
+	d := &daemon{stderr: &lockedBuffer{}, done: make(chan error, 1)}
+	d.cmd = exec.Command(sealpostBin, "serve", "-config", config)
+	d.cmd.Stderr = d.stderr
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.done <- d.cmd.Wait() }()
+	t.Cleanup(func() {
+		d.cmd.Process.Kill()
+		<-d.done
+		if strings.Contains(d.stderr.String(), e2ePassword) {
+			t.Errorf("the upstream password appears in sealpost's log")
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", listen, time.Second)
+		if err == nil {
+			c.Close()
+			return d
+		}
+		select {
+		case err := <-d.done:
+			t.Fatalf("sealpost serve exited: %v\n%s", err, d.stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sealpost serve not listening on %s after 15s:\n%s", listen, d.stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM and expects a clean exit.
+func (d *daemon) stop(t *testing.T) {
+	t.Helper()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-d.done:
+		d.done <- err
+		if err != nil {
+			t.Errorf("sealpost serve exited with %v after SIGTERM:\n%s", err, d.stderr)
+		}
+	case <-time.After(40 * time.Second):
+		t.Fatalf("sealpost serve did not exit after SIGTERM")
+	}
+}
+
+func swaks(t *testing.T, listen string, args ...string) string {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(listen)
+	cmd := exec.Command("swaks", append([]string{"--server", host, "--port", port, "--timeout", "20"}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("swaks: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+func needSwaks(t *testing.T) {
+	if _, err := exec.LookPath("swaks"); err != nil {
+		t.Skip("swaks is not installed (apt-get install swaks); .ci/run installs it")
+	}
+}
+
+var queuedAs = regexp.MustCompile(`250 2\.0\.0 OK: queued as (\S+)`)
+
+// TestSwaksThroughServeToUpstream is the admin's first check: swaks →
+// sealpost serve → a provider requiring STARTTLS and AUTH.
+func TestSwaksThroughServeToUpstream(t *testing.T) {
+	needSwaks(t)
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	up := upstreamtest.New(t, upstreamtest.Options{
+		TLS:         upstreamtest.TLSStartTLS,
+		Certificate: certstest.Leaf(t, ca, "127.0.0.1"),
+		Users:       map[string]string{e2eUser: e2ePassword},
+	})
+	setup := newSetup(t, ca.CertPEM())
+	listen := freePort(t)
+	d := startServe(t, setup.writeConfig(t, listen, up.Addr(), ""), listen)
+
+	out := swaks(t, listen, "--from", "cron@app01.example.com", "--to", "ops@example.net",
+		"--header", "Subject: nightly backup done", "--body", "backup of /srv finished: 41 GiB")
+	m := queuedAs.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("swaks did not get 250 with a queue id:\n%s", out)
+	}
+	got := up.Expect(t, 1)[0]
+	if got.From != "cron@app01.example.com" || len(got.To) != 1 || got.To[0] != "ops@example.net" {
+		t.Errorf("envelope %q → %q", got.From, got.To)
+	}
+	if got.TLSVersion < tls.VersionTLS12 || got.AuthUser != e2eUser {
+		t.Errorf("delivered over TLS %#x as %q", got.TLSVersion, got.AuthUser)
+	}
+	for _, want := range []string{"Subject: nightly backup done\r\n", "\r\n\r\nbackup of /srv finished: 41 GiB\r\n", "id " + m[1] + ";"} {
+		if !bytes.Contains(got.Data, []byte(want)) {
+			t.Errorf("delivered message lacks %q:\n%s", want, got.Data)
+		}
+	}
+	d.stop(t)
+	if n := len(up.Messages()); n != 1 {
+		t.Errorf("upstream received %d messages, want exactly 1", n)
+	}
+	for _, event := range []string{`"event":"received"`, `"event":"delivered"`} {
+		if !strings.Contains(d.stderr.String(), event) {
+			t.Errorf("audit log lacks %s:\n%s", event, d.stderr)
+		}
+	}
+}
+
+// TestRestartDeliversQueuedMail: mail accepted while the provider is down
+// survives a restart of sealpost and is delivered once it is back.
+func TestRestartDeliversQueuedMail(t *testing.T) {
+	needSwaks(t)
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	setup := newSetup(t, ca.CertPEM())
+	listen := freePort(t)
+	down := freePort(t) // nothing listens here
+	d := startServe(t, setup.writeConfig(t, listen, down, ""), listen)
+	for _, subject := range []string{"first", "second"} {
+		swaks(t, listen, "--from", "app@example.com", "--to", "ops@example.net", "--header", "Subject: "+subject)
+	}
+	d.stop(t)
+
+	up := upstreamtest.New(t, upstreamtest.Options{
+		TLS:         upstreamtest.TLSStartTLS,
+		Certificate: certstest.Leaf(t, ca, "127.0.0.1"),
+		Users:       map[string]string{e2eUser: e2ePassword},
+	})
+	d = startServe(t, setup.writeConfig(t, listen, up.Addr(), ""), listen)
+	msgs := up.Expect(t, 2)
+	d.stop(t)
+	subjects := map[string]int{}
+	for _, m := range up.Messages() {
+		for _, s := range []string{"first", "second"} {
+			if bytes.Contains(m.Data, []byte("Subject: "+s+"\r\n")) {
+				subjects[s]++
+			}
+		}
+	}
+	if len(msgs) != 2 || subjects["first"] != 1 || subjects["second"] != 1 {
+		t.Errorf("after restart the upstream got %d messages: %v", len(up.Messages()), subjects)
+	}
+}
+
+func TestServeRefusesRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("not running as root")
+	}
+	t.Parallel()
+	setup := newSetup(t, nil)
+	cfg := setup.writeConfig(t, freePort(t), "127.0.0.1:1", "")
+	src, _ := os.ReadFile(cfg)
+	os.WriteFile(cfg, bytes.Replace(src, []byte("run_as_root = true"), []byte("run_as_root = false"), 1), 0o644)
+	out, err := exec.Command(sealpostBin, "serve", "-config", cfg).CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != exitConfig {
+		t.Fatalf("serve as root: err %v, want exit %d\n%s", err, exitConfig, out)
+	}
+	if !strings.Contains(string(out), "refusing to run as root") || !strings.Contains(string(out), "User=sealpost") {
+		t.Errorf("message does not point to a dedicated user: %s", out)
+	}
+}
+
+func TestServeBadConfigNamesFileAndLine(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "relay.toml")
+	os.WriteFile(path, []byte("[upstream]\naddr = \"smtp.example.com:587\"\npassword = \"hunter2\"\n"), 0o600)
+	out, err := exec.Command(sealpostBin, "serve", "-config", path).CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != exitConfig {
+		t.Fatalf("err %v, want exit %d\n%s", err, exitConfig, out)
+	}
+	want := path + ":3: upstream.password: a password in the configuration file is refused"
+	if !strings.Contains(string(out), want) {
+		t.Errorf("stderr = %q, want it to contain %q", out, want)
+	}
+	if strings.Contains(string(out), "hunter2") {
+		t.Error("the refused password is echoed back")
+	}
+}
+
+// TestDemo runs `sealpost demo` and follows the instructions it prints.
+func TestDemo(t *testing.T) {
+	needSwaks(t)
+	t.Parallel()
+	cmd := exec.Command(sealpostBin, "demo", "-listen", "127.0.0.1:0")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	defer func() {
+		cmd.Process.Signal(syscall.SIGINT)
+		cmd.Wait()
+	}()
+	next := func(match func(string) bool) string {
+		timeout := time.After(20 * time.Second)
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatal("demo exited early")
+				}
+				if match(l) {
+					return l
+				}
+			case <-timeout:
+				t.Fatal("demo did not print what was expected within 20s")
+			}
+		}
+	}
+	swaksLine := next(func(l string) bool { return strings.HasPrefix(strings.TrimSpace(l), "swaks ") })
+	args := regexp.MustCompile(`"[^"]*"|\S+`).FindAllString(strings.TrimSpace(swaksLine), -1)
+	for i := range args {
+		args[i] = strings.Trim(args[i], `"`)
+	}
+	out, err := exec.Command(args[0], append(args[1:], "--timeout", "20")...).CombinedOutput()
+	if err != nil || !queuedAs.Match(out) {
+		t.Fatalf("the printed swaks command failed: %v\n%s", err, out)
+	}
+	next(func(l string) bool { return strings.Contains(l, "upstream received a message") })
+	tlsLine := next(func(l string) bool { return strings.Contains(l, "TLS: ") })
+	if !strings.Contains(tlsLine, "TLS 1.") || !strings.Contains(tlsLine, "as demo@sealpost.test") {
+		t.Errorf("demo output: %q", tlsLine)
+	}
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

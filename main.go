@@ -1,0 +1,170 @@
+// Command sealpost is a local SMTP submission relay: legacy programs on a
+// host hand it mail on loopback, and it checks, signs, spools and relays the
+// mail to the organisation's provider over verified TLS.
+//
+// main only parses the command line, loads the configuration and wires the
+// packages together; everything else lives in relay, policy, upstream,
+// certs and spool.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"sealpost/relay"
+)
+
+// Exit codes, from sysexits(3) where one fits, so scripts and init systems
+// can tell a bad configuration from a failure at run time.
+const (
+	exitOK       = 0
+	exitFailure  = 1
+	exitUsage    = 64
+	exitSoftware = 70
+	exitConfig   = 78
+)
+
+func main() {
+	os.Exit(run(os.Args, os.Stdout, os.Stderr))
+}
+
+const usage = `sealpost — a local SMTP submission relay
+
+Usage:
+  sealpost serve   [-config FILE]   run the relay (config: -config, $SEALPOST_CONFIG or ` + relay.DefaultConfigPath + `)
+  sealpost demo                     run everything on loopback with an embedded upstream and print how to try it
+  sealpost version                  print the version and build information
+`
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) < 2 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	cmd, rest := args[1], args[2:]
+	switch cmd {
+	case "serve":
+		return cmdServe(rest, stderr)
+	case "demo":
+		return cmdDemo(rest, stdout, stderr)
+	case "version", "-version", "--version":
+		return cmdVersion(stdout)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "sealpost: unknown command %q\n\n%s", cmd, usage)
+		return exitUsage
+	}
+}
+
+// configPath applies the precedence -config, then $SEALPOST_CONFIG, then
+// the default path.
+func configPath(flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	if env := os.Getenv("SEALPOST_CONFIG"); env != "" {
+		return env
+	}
+	return relay.DefaultConfigPath
+}
+
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("sealpost "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+func cmdServe(args []string, stderr io.Writer) int {
+	fs := newFlagSet("serve", stderr)
+	configFlag := fs.String("config", "", "configuration file")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "sealpost serve: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	cfg, err := relay.LoadConfig(configPath(*configFlag))
+	if err != nil {
+		fmt.Fprintf(stderr, "sealpost: %v\n", err)
+		return exitConfig
+	}
+	if os.Geteuid() == 0 && !cfg.RunAsRoot {
+		fmt.Fprintf(stderr, "sealpost: refusing to run as root: run it as a dedicated user (the sealpost.service unit uses User=sealpost), or set run_as_root = true in %s if you must\n", cfg.Path)
+		return exitConfig
+	}
+	logger := relay.NewLogger(stderr, cfg.Log)
+	r, err := relay.New(cfg, relay.Options{Logger: logger})
+	if err != nil {
+		fmt.Fprintf(stderr, "sealpost: %v\n", err)
+		return exitConfig
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	ignoreHangup(logger)
+	if err := r.Run(ctx); err != nil {
+		logger.Error("relay stopped with an error", slog.Any("err", err))
+		return exitSoftware
+	}
+	return exitOK
+}
+
+// ignoreHangup keeps SIGHUP (sent by logrotate and `systemctl reload`) from
+// killing the daemon, saying that a restart is needed to apply changes.
+func ignoreHangup(logger *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for range hup {
+			logger.Warn("SIGHUP received: this version does not reload its configuration; restart sealpost to apply changes")
+		}
+	}()
+}
+
+func cmdDemo(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("demo", stderr)
+	listen := fs.String("listen", "127.0.0.1:2525", "loopback address for the demo relay")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	err := relay.RunDemo(ctx, relay.DemoOptions{Listen: *listen, Out: stdout, Log: stderr})
+	if err != nil && !errors.Is(err, context.Canceled) {
+		fmt.Fprintf(stderr, "sealpost demo: %v\n", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+func cmdVersion(stdout io.Writer) int {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		fmt.Fprintln(stdout, "sealpost (no build information)")
+		return exitOK
+	}
+	version := info.Main.Version
+	if version == "" || version == "(devel)" {
+		version = "devel"
+	}
+	for _, s := range info.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			version += " " + s.Value[:12]
+		}
+	}
+	fmt.Fprintf(stdout, "sealpost %s (%s)\n", version, info.GoVersion)
+	for _, dep := range info.Deps {
+		fmt.Fprintf(stdout, "  %s %s\n", dep.Path, dep.Version)
+	}
+	return exitOK
+}

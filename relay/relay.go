@@ -1,0 +1,254 @@
+// Package relay joins sealpost's parts into the running relay: it loads the
+// configuration, listens for submissions (TCP on loopback and a unix socket),
+// runs each SMTP session through the pipeline of one message (read, check,
+// edit, spool, only then 250), and drives the spool's delivery loop with the
+// upstream client.
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"sealpost/policy"
+	"sealpost/spool"
+	"sealpost/upstream"
+)
+
+// Options are the relay's dependencies that do not come from the file.
+type Options struct {
+	Logger *slog.Logger // operational log and audit records; default discards
+	// ShutdownGrace bounds how long Run waits for sessions and deliveries
+	// in flight when its context ends (default 30s).
+	ShutdownGrace time.Duration
+	// SpoolFS replaces the spool's file system (tests inject faults).
+	SpoolFS spool.FS
+}
+
+// Relay is one configured, listening relay.
+type Relay struct {
+	cfg      *Config
+	log      *slog.Logger
+	audit    *auditLog
+	spool    *spool.Spool
+	upstream *upstream.Client
+	server   *smtp.Server
+	conns    *policy.ConnLimiter
+	allowed  policy.Networks
+	open     *connSet
+	grace    time.Duration
+
+	listeners []net.Listener
+}
+
+// New checks everything that can be checked before serving — the upstream
+// secret can be read, the TLS configuration builds, the spool opens, every
+// address binds — so a bad setup fails at start with one clear error, not
+// at the first message.
+func New(cfg *Config, opts Options) (_ *Relay, err error) {
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	r := &Relay{
+		cfg:   cfg,
+		log:   logger,
+		audit: newAuditLog(logger),
+		conns: policy.NewConnLimiter(cfg.Listen.MaxConnections, cfg.Listen.MaxConnectionsPerClient),
+		open:  newConnSet(),
+		grace: opts.ShutdownGrace,
+	}
+	if r.grace <= 0 {
+		r.grace = 30 * time.Second
+	}
+	for _, n := range cfg.Listen.AllowNetworks {
+		r.allowed = append(r.allowed, n.Prefix)
+	}
+	defer func() {
+		if err != nil {
+			r.close()
+		}
+	}()
+
+	if r.upstream, err = newUpstreamClient(cfg); err != nil {
+		return nil, err
+	}
+	r.spool, err = spool.Open(cfg.Spool.Dir, spool.Options{
+		MaxAge:  time.Duration(cfg.Spool.MaxAge),
+		Backoff: durations(cfg.Spool.RetryIntervals),
+		Workers: cfg.Spool.Workers,
+		Events:  r.spoolEvent,
+		FS:      opts.SpoolFS,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("spool %s: %w", cfg.Spool.Dir, err)
+	}
+
+	r.server = smtp.NewServer(smtp.BackendFunc(r.newSession))
+	r.server.Domain = cfg.Hostname
+	r.server.MaxMessageBytes = int64(cfg.Listen.MaxMessageSize)
+	r.server.MaxRecipients = cfg.Listen.MaxRecipients
+	r.server.ReadTimeout = time.Duration(cfg.Listen.ReadTimeout)
+	r.server.WriteTimeout = time.Duration(cfg.Listen.WriteTimeout)
+	r.server.EnableSMTPUTF8 = true
+	r.server.ErrorLog = slogPrinter{logger.With(slog.String("component", "smtpd"))}
+
+	for _, a := range cfg.Listen.Addrs {
+		l, err := net.Listen("tcp", a.String())
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s (listen.addrs): %w", a, err)
+		}
+		r.listeners = append(r.listeners, &guardedListener{Listener: l, allowed: r.allowed, limiter: r.conns, audit: r.audit, open: r.open})
+	}
+	if cfg.Listen.Socket != "" {
+		l, err := listenUnix(cfg.Listen.Socket)
+		if err != nil {
+			return nil, err
+		}
+		r.listeners = append(r.listeners, &guardedListener{Listener: l, limiter: r.conns, audit: r.audit, open: r.open})
+	}
+	return r, nil
+}
+
+// listenUnix opens the submission socket, replacing a stale one left by a
+// crash, and makes it writable by every local user: any program on the host
+// may submit, and the daemon records who did.
+func listenUnix(path string) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&fs.ModeSocket == 0 {
+			return nil, fmt.Errorf("listen.socket %s exists and is not a socket: refusing to replace it", path)
+		}
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("listen.socket %s is in use: is another sealpost running?", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("listen.socket: remove stale socket: %w", err)
+		}
+	}
+	if _, err := os.Stat(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("listen.socket %s: directory %s: %w (systemd's RuntimeDirectory=sealpost creates it)", path, filepath.Dir(path), err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on socket %s (listen.socket): %w", path, err)
+	}
+	if err := os.Chmod(path, 0o666); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("listen.socket %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// Addrs lists the addresses the relay listens on (useful with port 0).
+func (r *Relay) Addrs() []net.Addr {
+	out := make([]net.Addr, len(r.listeners))
+	for i, l := range r.listeners {
+		out[i] = l.Addr()
+	}
+	return out
+}
+
+// Spool exposes the queue, for the queue commands and tests.
+func (r *Relay) Spool() *spool.Spool { return r.spool }
+
+// Run serves until ctx ends, then stops accepting, lets sessions finish
+// within the grace period (an unfinished DATA is never acknowledged), waits
+// for deliveries in flight, and closes the spool.
+func (r *Relay) Run(ctx context.Context) error {
+	r.log.Info("sealpost relay started", r.cfg.Summary()...)
+	var wg sync.WaitGroup
+	serveErr := make(chan error, len(r.listeners))
+	for _, l := range r.listeners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := r.server.Serve(l); err != nil && !errors.Is(err, smtp.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+				serveErr <- fmt.Errorf("serve %s: %w", l.Addr(), err)
+			}
+		}()
+	}
+	deliverCtx, stopDelivery := context.WithCancel(context.WithoutCancel(ctx))
+	hardStop, endDeliveries := context.WithCancel(context.Background())
+	defer endDeliveries()
+	deliveryDone := make(chan error, 1)
+	go func() {
+		d := &upstreamDeliverer{client: r.upstream, audit: r.audit, addr: r.cfg.Upstream.Addr, hardStop: hardStop}
+		deliveryDone <- r.spool.Run(deliverCtx, d)
+	}()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-serveErr:
+	case runErr = <-deliveryDone:
+		deliveryDone <- runErr
+	}
+	r.log.Info("sealpost relay stopping")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), r.grace)
+	defer cancel()
+	// Shutdown closes only the listeners it has seen Serve register; close
+	// them all so a Serve that had not started yet cannot keep accepting.
+	shutdownErr := r.server.Shutdown(shutdownCtx)
+	for _, l := range r.listeners {
+		l.Close()
+	}
+	if shutdownErr != nil {
+		r.log.Warn("sessions still open at the end of the grace period were closed; their unfinished messages were not acknowledged", slog.Any("err", shutdownErr))
+		r.open.closeAll()
+	}
+	wg.Wait()
+	// No new delivery attempts; those in flight get what is left of the
+	// grace period to finish.
+	stopDelivery()
+	graceLeft := context.AfterFunc(shutdownCtx, endDeliveries)
+	defer graceLeft()
+	if err := <-deliveryDone; err != nil && !errors.Is(err, context.Canceled) && runErr == nil {
+		runErr = err
+	}
+	if err := r.spool.Close(); err != nil && runErr == nil {
+		runErr = err
+	}
+	r.removeSocket()
+	return runErr
+}
+
+// close releases what New acquired, for a New that fails half way.
+func (r *Relay) close() {
+	for _, l := range r.listeners {
+		l.Close()
+	}
+	r.removeSocket()
+	if r.spool != nil {
+		r.spool.Close()
+	}
+}
+
+func (r *Relay) removeSocket() {
+	if r.cfg.Listen.Socket != "" {
+		os.Remove(r.cfg.Listen.Socket)
+	}
+}
+
+// slogPrinter routes go-smtp's own error log into the operational log.
+type slogPrinter struct{ log *slog.Logger }
+
+func (p slogPrinter) Printf(format string, v ...any) { p.log.Warn(fmt.Sprintf(format, v...)) }
+func (p slogPrinter) Println(v ...any)               { p.log.Warn(fmt.Sprint(v...)) }
+
+func durations(ds []Duration) []time.Duration {
+	out := make([]time.Duration, len(ds))
+	for i, d := range ds {
+		out[i] = time.Duration(d)
+	}
+	return out
+}
