@@ -91,12 +91,20 @@ type SpoolConfig struct {
 
 type DKIMConfig struct {
 	Keys []DKIMKey `toml:"keys"`
+	// Unsigned decides what happens to a message whose From domain has no
+	// key: "reject" (the default once any key is configured) or "relay".
+	Unsigned string `toml:"unsigned"`
+	// Expiration, when set, puts an x= tag this far after signing time.
+	Expiration Duration `toml:"expiration"`
 }
 
 type DKIMKey struct {
 	Domain   string `toml:"domain"`
 	Selector string `toml:"selector"`
 	KeyFile  string `toml:"key_file"`
+	// Subdomains lets this key sign for subdomains of Domain too
+	// (mail From alerts@eu.example.com signed with d=example.com).
+	Subdomains bool `toml:"subdomains"`
 }
 
 type LimitsConfig struct {
@@ -345,11 +353,29 @@ func (c *Config) validate() error {
 		switch {
 		case k.Domain == "":
 			return fieldErr(key+".domain", "required")
+		case !validDomain(k.Domain):
+			return fieldErr(key+".domain", "%q is not a domain name", k.Domain)
 		case k.Selector == "":
 			return fieldErr(key+".selector", "required")
+		case !validSelector(k.Selector):
+			return fieldErr(key+".selector", "%q is not a valid selector (letters, digits, hyphens, dots)", k.Selector)
 		case k.KeyFile == "":
 			return fieldErr(key+".key_file", "required")
 		}
+		c.DKIM.Keys[i].Domain = strings.ToLower(strings.TrimSuffix(k.Domain, "."))
+	}
+	switch c.DKIM.Unsigned {
+	case "":
+		c.DKIM.Unsigned = "relay"
+		if len(c.DKIM.Keys) > 0 {
+			c.DKIM.Unsigned = "reject"
+		}
+	case "reject", "relay":
+	default:
+		return fieldErr("dkim.unsigned", "%q: use \"reject\" or \"relay\"", c.DKIM.Unsigned)
+	}
+	if c.DKIM.Expiration != 0 && c.DKIM.Expiration < Duration(time.Hour) {
+		return fieldErr("dkim.expiration", "shorter than 1h: mail delayed in a queue would fail verification")
 	}
 
 	for key, rl := range map[string]RateLimit{"limits.per_sender": c.Limits.PerSender, "limits.per_client": c.Limits.PerClient} {
@@ -365,6 +391,28 @@ func (c *Config) validate() error {
 	}
 	return nil
 }
+
+func validDomain(d string) bool {
+	d = strings.TrimSuffix(d, ".")
+	if d == "" || len(d) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(d, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range label {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// validSelector accepts RFC 6376 selectors: one or more dot-separated
+// sub-domain labels.
+func validSelector(s string) bool { return validDomain(s) && !strings.HasSuffix(s, ".") }
 
 // UpstreamHost is the name the upstream certificate must be valid for.
 func (c *Config) UpstreamHost() string {

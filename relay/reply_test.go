@@ -148,4 +148,3 @@ func TestEHLOAdvertisesExtensions(t *testing.T) {
 }
 
 const cfg25MiB = 25 << 20
-
