@@ -71,8 +71,8 @@ func (s *session) Data(r io.Reader) error {
 		Received:   start,
 	}
 	counted := &countingReader{r: r}
-	body := io.MultiReader(strings.NewReader(s.receivedField(id, start)), counted)
-	err := s.r.spool.PutID(ctx, id, env, body)
+	header := func() ([]byte, error) { return []byte(s.receivedField(id, start)), nil }
+	err := s.r.spool.PutID(ctx, id, env, counted, header)
 	reply := dataReply(err)
 	if reply != nil {
 		s.r.log.Warn("message not accepted", slog.String("client_ip", env.ClientAddr), slog.String("mail_from", s.from), slog.Any("err", err))

@@ -41,9 +41,14 @@ type Rcpt struct {
 // Message is the metadata of a queued message, stored as JSON in
 // queue/<id>.json; that file existing is what makes the message queued.
 type Message struct {
-	ID          ID
-	Envelope    Envelope
-	Size        int64 // body bytes
+	ID       ID
+	Envelope Envelope
+	Size     int64 // bytes as delivered: Header and the stored body
+	// Header holds fields that go in front of the stored body when the
+	// message is read: those only known once the whole body has streamed
+	// past (DKIM-Signature) or naming the message (Received). Keeping them
+	// here lets the body be written once, as it arrives.
+	Header      string `json:",omitempty"`
 	Rcpts       []Rcpt
 	Attempts    int
 	NextAttempt time.Time

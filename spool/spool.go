@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -220,7 +221,7 @@ func (s *Spool) beginOp() error {
 // memory. Any error means nothing was queued (the caller answers 451 4.3.0).
 func (s *Spool) Put(ctx context.Context, env Envelope, body io.Reader) (ID, error) {
 	id := s.NewID()
-	if err := s.PutID(ctx, id, env, body); err != nil {
+	if err := s.PutID(ctx, id, env, body, nil); err != nil {
 		return "", err
 	}
 	return id, nil
@@ -230,8 +231,13 @@ func (s *Spool) Put(ctx context.Context, env Envelope, body io.Reader) (ID, erro
 // message inside its own body (the Received field) before it calls PutID.
 func (s *Spool) NewID() ID { return newID(s.now()) }
 
-// PutID is Put with an id from NewID.
-func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader) (err error) {
+// HeaderFunc returns header fields (each ending in CRLF) to put in front of
+// the body. It is called once the body has been read to its end.
+type HeaderFunc func() ([]byte, error)
+
+// PutID is Put with an id from NewID and, when header is not nil, fields
+// computed from the whole body (a signature) put in front of it.
+func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, header HeaderFunc) (err error) {
 	if _, err := ParseID(string(id)); err != nil {
 		return fmt.Errorf("spool: put: %w", err)
 	}
@@ -272,12 +278,18 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader) 
 		s.fs.Remove(finalBody)
 	}()
 
+	var prefix []byte
+	if header != nil {
+		if prefix, err = header(); err != nil {
+			return fmt.Errorf("spool: header: %w", err)
+		}
+	}
 	if env.Received.IsZero() {
 		env.Received = now
 	}
 	env.Received = env.Received.UTC()
 	env.To = slices.Clone(env.To)
-	msg := &Message{ID: id, Envelope: env, Size: size, NextAttempt: now, Created: now}
+	msg := &Message{ID: id, Envelope: env, Size: int64(len(prefix)) + size, Header: string(prefix), NextAttempt: now, Created: now}
 	for _, to := range env.To {
 		msg.Rcpts = append(msg.Rcpts, Rcpt{Addr: to, State: Pending})
 	}
@@ -394,11 +406,17 @@ func (s *Spool) Get(id ID) (*Message, error) {
 	return m, nil
 }
 
-// OpenBody opens the body of a queued message for reading.
+// OpenBody opens a queued message for reading, as it will be delivered.
 func (s *Spool) OpenBody(id ID) (io.ReadCloser, error) {
-	if _, err := ParseID(string(id)); err != nil {
+	m, err := s.Get(id)
+	if err != nil {
 		return nil, err
 	}
+	return s.openMessage(m)
+}
+
+func (s *Spool) openMessage(m *Message) (io.ReadCloser, error) {
+	id := m.ID
 	f, err := s.fs.Open(s.path(dirBody, string(id)+extBody))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("spool: open body %s: %w", id, ErrNotFound)
@@ -406,7 +424,15 @@ func (s *Spool) OpenBody(id ID) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool: open body %s: %w", id, err)
 	}
-	return f, nil
+	if m.Header == "" {
+		return f, nil
+	}
+	return prefixedBody{Reader: io.MultiReader(strings.NewReader(m.Header), f), Closer: f}, nil
+}
+
+type prefixedBody struct {
+	io.Reader
+	io.Closer
 }
 
 // List returns the active queue, sorted by ID (oldest first). It reads the
