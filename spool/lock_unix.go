@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"syscall"
+	"time"
 )
 
 // lockDir takes an exclusive, non-blocking flock on dir/lock. flock locks
@@ -17,7 +18,16 @@ func lockDir(path string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool: open lock file: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	// A lock can outlive its holder by a moment: a process still exiting
+	// (a quick restart), or a child forked (to run password_command) that
+	// has not reached exec yet and so still shares the descriptor. Give
+	// those a short, bounded grace before declaring the spool taken.
+	for wait := 10 * time.Millisecond; errors.Is(err, syscall.EWOULDBLOCK) && wait <= 640*time.Millisecond; wait *= 2 {
+		time.Sleep(wait)
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	}
+	if err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, fmt.Errorf("spool: %s is locked by another process (is sealpost already running?): %w", path, ErrLocked)
