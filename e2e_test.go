@@ -100,6 +100,9 @@ password_file = %q
 dir = %q
 retry_intervals = ["1s"]
 
+[policy]
+allowed_from_domains = ["example.com", "*.example.com"]
+
 [log]
 format = "json"
 level = "debug"
@@ -171,12 +174,17 @@ func (d *daemon) stop(t *testing.T) {
 func swaks(t *testing.T, listen string, args ...string) string {
 	t.Helper()
 	host, port, _ := net.SplitHostPort(listen)
-	cmd := exec.Command("swaks", append([]string{"--server", host, "--port", port, "--timeout", "20"}, args...)...)
-	out, err := cmd.CombinedOutput()
+	out, err := runSwaks(host, port, args...)
 	if err != nil {
 		t.Fatalf("swaks: %v\n%s", err, out)
 	}
-	return string(out)
+	return out
+}
+
+func runSwaks(host, port string, args ...string) (string, error) {
+	cmd := exec.Command("swaks", append([]string{"--server", host, "--port", port, "--timeout", "20"}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }
 
 func needSwaks(t *testing.T) {

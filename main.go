@@ -41,6 +41,10 @@ const usage = `sealpost — a local SMTP submission relay
 Usage:
   sealpost serve   [-config FILE]   run the relay (config: -config, $SEALPOST_CONFIG or ` + relay.DefaultConfigPath + `)
   sealpost demo                     run everything on loopback with an embedded upstream and print how to try it
+  sealpost dkim keygen -domain D -selector S [-algo rsa|ed25519] [-bits 2048] -out FILE
+                                    write a DKIM key (mode 0600) and print the DNS record to publish
+  sealpost dkim records [-config FILE]
+                                    print the DNS records of the configured DKIM keys
   sealpost version                  print the version and build information
 `
 
@@ -55,6 +59,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdServe(rest, stderr)
 	case "demo":
 		return cmdDemo(rest, stdout, stderr)
+	case "dkim":
+		return cmdDKIM(rest, stdout, stderr)
 	case "version", "-version", "--version":
 		return cmdVersion(stdout)
 	case "help", "-h", "-help", "--help":
@@ -111,7 +117,7 @@ func cmdServe(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	ignoreHangup(logger)
+	reloadOnHangup(ctx, cfg.Path, r, logger)
 	if err := r.Run(ctx); err != nil {
 		logger.Error("relay stopped with an error", slog.Any("err", err))
 		return exitSoftware
@@ -119,14 +125,27 @@ func cmdServe(args []string, stderr io.Writer) int {
 	return exitOK
 }
 
-// ignoreHangup keeps SIGHUP (sent by logrotate and `systemctl reload`) from
-// killing the daemon, saying that a restart is needed to apply changes.
-func ignoreHangup(logger *slog.Logger) {
+// reloadOnHangup applies a changed configuration on SIGHUP (sent by
+// `systemctl reload` and logrotate) without dropping sessions. A file that
+// does not load keeps the running configuration, and the log says why.
+func reloadOnHangup(ctx context.Context, path string, r *relay.Relay, logger *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	go func() {
-		for range hup {
-			logger.Warn("SIGHUP received: this version does not reload its configuration; restart sealpost to apply changes")
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+			}
+			cfg, err := relay.LoadConfig(path)
+			if err == nil {
+				err = r.Reload(cfg)
+			}
+			if err != nil {
+				logger.Error("SIGHUP: the new configuration was not applied; the running one stays in force", slog.Any("err", err))
+			}
 		}
 	}()
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"sealpost/certs"
+	"sealpost/policy"
 )
 
 // DefaultConfigPath is where serve looks when neither -config nor
@@ -34,6 +35,7 @@ type Config struct {
 	Spool     SpoolConfig    `toml:"spool"`
 	DKIM      DKIMConfig     `toml:"dkim"`
 	Limits    LimitsConfig   `toml:"limits"`
+	Policy    PolicyConfig   `toml:"policy"`
 	Log       LogConfig      `toml:"log"`
 
 	// Path is the file the configuration came from ("" when built in code).
@@ -110,6 +112,26 @@ type DKIMKey struct {
 type LimitsConfig struct {
 	PerSender RateLimit `toml:"per_sender"`
 	PerClient RateLimit `toml:"per_client"`
+	// Global caps the whole host, whoever sends; off by default.
+	Global RateLimit `toml:"global"`
+}
+
+// PolicyConfig holds the message and sender rules. Every default is the
+// strict setting; each rule can be relaxed on its own.
+type PolicyConfig struct {
+	// Mode "enforce" refuses what breaks a rule; "report" only records what
+	// would have been refused, so an admin can watch before enforcing.
+	// Line-ending and NUL checks are enforced in both modes: passing them
+	// on would make sealpost a carrier of SMTP smuggling.
+	Mode string `toml:"mode"`
+	// AllowedSenders are envelope sender patterns ("*@example.com",
+	// "cron@app01.example.com", "*@*.example.com", "*"); empty allows any.
+	AllowedSenders []string `toml:"allowed_senders"`
+	// AllowedFromDomains are header From domains allowed besides those
+	// with a DKIM key ("example.com", "*.example.com").
+	AllowedFromDomains []string `toml:"allowed_from_domains"`
+	// AllowAnyFrom drops the From domain rule altogether.
+	AllowAnyFrom bool `toml:"allow_any_from"`
 }
 
 type RateLimit struct {
@@ -154,7 +176,8 @@ func Defaults() *Config {
 			PerSender: RateLimit{Rate: Rate{Events: 60, Per: time.Minute}, Burst: 20},
 			PerClient: RateLimit{Rate: Rate{Events: 600, Per: time.Minute}, Burst: 100},
 		},
-		Log: LogConfig{Level: slog.LevelInfo, Format: "auto"},
+		Policy: PolicyConfig{Mode: "enforce"},
+		Log:    LogConfig{Level: slog.LevelInfo, Format: "auto"},
 	}
 }
 
@@ -378,7 +401,22 @@ func (c *Config) validate() error {
 		return fieldErr("dkim.expiration", "shorter than 1h: mail delayed in a queue would fail verification")
 	}
 
-	for key, rl := range map[string]RateLimit{"limits.per_sender": c.Limits.PerSender, "limits.per_client": c.Limits.PerClient} {
+	switch c.Policy.Mode {
+	case "enforce", "report":
+	default:
+		return fieldErr("policy.mode", "%q: use \"enforce\" or \"report\"", c.Policy.Mode)
+	}
+	for _, p := range c.Policy.AllowedSenders {
+		if err := policy.ValidatePattern(p); err != nil {
+			return fieldErr("policy.allowed_senders", "%v", err)
+		}
+	}
+	for _, d := range c.Policy.AllowedFromDomains {
+		if !validDomain(strings.TrimPrefix(d, "*.")) {
+			return fieldErr("policy.allowed_from_domains", "%q is not a domain (use \"example.com\" or \"*.example.com\")", d)
+		}
+	}
+	for key, rl := range map[string]RateLimit{"limits.per_sender": c.Limits.PerSender, "limits.per_client": c.Limits.PerClient, "limits.global": c.Limits.Global} {
 		if !rl.Rate.Unlimited() && rl.Burst <= 0 {
 			return fieldErr(key, "burst must be at least 1 when a rate is set")
 		}
@@ -388,6 +426,10 @@ func (c *Config) validate() error {
 	case "auto", "json", "text":
 	default:
 		return fieldErr("log.format", "%q: use \"auto\", \"json\" or \"text\"", c.Log.Format)
+	}
+	// Last: a file with a more specific mistake should hear about that first.
+	if !c.Policy.AllowAnyFrom && len(c.Policy.AllowedFromDomains) == 0 && len(c.DKIM.Keys) == 0 {
+		return fieldErr("policy.allowed_from_domains", "empty and no DKIM key is configured, so every message would be refused: list the domains this host sends as (or add [[dkim.keys]]), or set allow_any_from = true")
 	}
 	return nil
 }

@@ -36,7 +36,7 @@ func TestExampleConfigLoads(t *testing.T) {
 
 func TestDefaultsAreSafe(t *testing.T) {
 	t.Parallel()
-	cfg, err := ParseConfig("min.toml", []byte("hostname = \"h.example\"\n[upstream]\naddr = \"smtp.example.com:465\"\ntls = \"implicit\"\n"))
+	cfg, err := ParseConfig("min.toml", []byte("hostname = \"h.example\"\n[upstream]\naddr = \"smtp.example.com:465\"\ntls = \"implicit\"\n[policy]\nallowed_from_domains = [\"example.com\"]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}

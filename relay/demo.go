@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/emersion/go-msgauth/dkim"
+
 	"sealpost/certs"
 	"sealpost/upstream/upstreamtest"
 )
@@ -60,6 +62,11 @@ func RunDemo(ctx context.Context, opts DemoOptions) error {
 		return err
 	}
 
+	keys, records, err := demoDKIMKeys(dir)
+	if err != nil {
+		return err
+	}
+
 	var printMu sync.Mutex
 	up, err := upstreamtest.NewServer(upstreamtest.Options{
 		TLS:         upstreamtest.TLSStartTLS,
@@ -68,7 +75,7 @@ func RunDemo(ctx context.Context, opts DemoOptions) error {
 		OnMessage: func(m upstreamtest.Received) {
 			printMu.Lock()
 			defer printMu.Unlock()
-			printReceived(opts.Out, m)
+			printReceived(opts.Out, m, records)
 		},
 	})
 	if err != nil {
@@ -84,6 +91,9 @@ func RunDemo(ctx context.Context, opts DemoOptions) error {
 	cfg.Upstream.Username = demoUser
 	cfg.Upstream.PasswordFile = passwordFile
 	cfg.Spool.Dir = filepath.Join(dir, "spool")
+	cfg.DKIM.Keys = keys
+	cfg.DKIM.Unsigned = "relay"
+	cfg.Policy.AllowedFromDomains = []string{"*.example.com"}
 	cfg.Path = "(demo)"
 
 	r, err := newDemoRelay(cfg, opts)
@@ -97,6 +107,7 @@ sealpost demo is running.
 
   relay (you submit here)   %s   loopback only, spool in %s
   embedded upstream         %s   STARTTLS required (throwaway CA), AUTH as %s
+  DKIM                      example.com signed with throwaway RSA-2048 and Ed25519 keys
 
 Send a test message from another terminal:
 
@@ -132,7 +143,32 @@ func newDemoRelay(cfg *Config, opts DemoOptions) (*Relay, error) {
 	return r, err
 }
 
-func printReceived(w io.Writer, m upstreamtest.Received) {
+// demoDKIMKeys makes throwaway RSA and Ed25519 keys for example.com, the
+// sender domain the printed swaks command uses, so the demo shows signed
+// mail. It returns their configuration and DNS records.
+func demoDKIMKeys(dir string) ([]DKIMKey, map[string]string, error) {
+	records := map[string]string{}
+	var keys []DKIMKey
+	for _, k := range []struct{ algo, selector string }{{"rsa", "demo-rsa"}, {"ed25519", "demo-ed25519"}} {
+		key, err := certs.GenerateDKIMKey(k.algo, 0)
+		if err != nil {
+			return nil, nil, err
+		}
+		path := filepath.Join(dir, k.selector+".key")
+		if err := certs.WriteDKIMKey(path, key); err != nil {
+			return nil, nil, err
+		}
+		record, err := certs.DKIMRecord(key.Public())
+		if err != nil {
+			return nil, nil, err
+		}
+		records[certs.DKIMRecordName(k.selector, "example.com")] = record
+		keys = append(keys, DKIMKey{Domain: "example.com", Selector: k.selector, KeyFile: path})
+	}
+	return keys, records, nil
+}
+
+func printReceived(w io.Writer, m upstreamtest.Received, records map[string]string) {
 	header, _, _ := bytes.Cut(m.Data, []byte("\r\n\r\n"))
 	fmt.Fprintf(w, "──── upstream received a message ────\n")
 	fmt.Fprintf(w, "  MAIL FROM:<%s>\n", m.From)
@@ -140,6 +176,27 @@ func printReceived(w io.Writer, m upstreamtest.Received) {
 		fmt.Fprintf(w, "  RCPT TO:<%s>\n", rcpt)
 	}
 	fmt.Fprintf(w, "  TLS: %s   AUTH: %s as %s   size: %d bytes\n", tls.VersionName(m.TLSVersion), m.AuthMechanism, m.AuthUser, len(m.Data))
+	verifications, err := dkim.VerifyWithOptions(bytes.NewReader(m.Data), &dkim.VerifyOptions{
+		LookupTXT: func(name string) ([]string, error) {
+			if r, ok := records[strings.TrimSuffix(name, ".")]; ok {
+				return []string{r}, nil
+			}
+			return nil, fmt.Errorf("no TXT record at %s", name)
+		},
+	})
+	switch {
+	case err != nil:
+		fmt.Fprintf(w, "  DKIM: cannot verify: %v\n", err)
+	case len(verifications) == 0:
+		fmt.Fprintf(w, "  DKIM: not signed\n")
+	}
+	for _, v := range verifications {
+		result := "pass"
+		if v.Err != nil {
+			result = "FAIL: " + v.Err.Error()
+		}
+		fmt.Fprintf(w, "  DKIM: %s (d=%s)\n", result, v.Domain)
+	}
 	fmt.Fprintf(w, "  headers:\n")
 	for _, line := range strings.Split(string(header), "\r\n") {
 		fmt.Fprintf(w, "    %s\n", line)

@@ -59,6 +59,7 @@ func newTestConfig(t *testing.T, ca *certs.CA, upstreamAddr string) *Config {
 	cfg.Upstream.CommandTimeout = Duration(10 * time.Second)
 	cfg.Spool.Dir = filepath.Join(dir, "spool")
 	cfg.Spool.RetryIntervals = []Duration{Duration(time.Hour)}
+	cfg.Policy.AllowedFromDomains = []string{"example.com", "*.example.com"}
 	cfg.Log.Format = "json"
 	cfg.Log.Level = -4 // debug: the secret must not leak even there
 	cfg.Path = "(test)"

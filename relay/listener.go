@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"net"
 	"net/netip"
 	"strconv"
@@ -62,11 +63,55 @@ func refuse(c net.Conn, code int, enhanced, msg string) {
 }
 
 // releasingConn gives its connection slot back exactly once, however many
-// times Close is called.
+// times Close is called, and watches the raw byte stream for bare CR and LF.
 type releasingConn struct {
 	net.Conn
 	once    sync.Once
 	release func()
+	endings lineEndingWatch
+}
+
+func (c *releasingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.endings.scan(p[:n])
+	return n, err
+}
+
+// lineEndingWatch notices a bare CR or LF anywhere in what the client sends.
+// It looks at the wire, before go-smtp's dot-unstuffing: that drops the CR
+// of a line starting ".\r", so a bare CR there never reaches the message
+// checks. Only the connection's reading goroutine touches it.
+type lineEndingWatch struct {
+	prevCR bool
+	bare   bool
+}
+
+func (w *lineEndingWatch) scan(p []byte) {
+	for len(p) > 0 && !w.bare {
+		if w.prevCR {
+			w.bare = p[0] != '\n'
+			w.prevCR = false
+			p = p[1:]
+			continue
+		}
+		i := bytes.IndexAny(p, "\r\n")
+		if i < 0 {
+			return
+		}
+		if p[i] == '\n' {
+			w.bare = true
+			return
+		}
+		w.prevCR = true
+		p = p[i+1:]
+	}
+}
+
+// bareLineEnding reports whether the client has sent a bare CR or LF on
+// this connection so far.
+func bareLineEnding(c net.Conn) bool {
+	rc, ok := c.(*releasingConn)
+	return ok && rc.endings.bare
 }
 
 func (c *releasingConn) Close() error {

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -32,6 +33,8 @@ type Options struct {
 	ShutdownGrace time.Duration
 	// SpoolFS replaces the spool's file system (tests inject faults).
 	SpoolFS spool.FS
+	// Clock drives the rate limits (tests use a fake one); nil is real time.
+	Clock policy.Clock
 }
 
 // Relay is one configured, listening relay.
@@ -46,6 +49,11 @@ type Relay struct {
 	allowed  policy.Networks
 	open     *connSet
 	grace    time.Duration
+	clock    policy.Clock
+
+	// live is what SIGHUP may swap while sessions run; a transaction reads
+	// it once so it sees one consistent set.
+	live atomic.Pointer[livePolicy]
 
 	listeners []net.Listener
 }
@@ -82,6 +90,12 @@ func New(cfg *Config, opts Options) (_ *Relay, err error) {
 	if r.upstream, err = newUpstreamClient(cfg); err != nil {
 		return nil, err
 	}
+	r.clock = opts.Clock
+	live, err := r.loadPolicy(cfg)
+	if err != nil {
+		return nil, err
+	}
+	r.live.Store(live)
 	r.spool, err = spool.Open(cfg.Spool.Dir, spool.Options{
 		MaxAge:  time.Duration(cfg.Spool.MaxAge),
 		Backoff: durations(cfg.Spool.RetryIntervals),
@@ -117,6 +131,84 @@ func New(cfg *Config, opts Options) (_ *Relay, err error) {
 		r.listeners = append(r.listeners, &guardedListener{Listener: l, limiter: r.conns, audit: r.audit, open: r.open})
 	}
 	return r, nil
+}
+
+// livePolicy is the part of the configuration that changes without a
+// restart: keys, rules, limits and how strictly they apply.
+type livePolicy struct {
+	dkim     *dkimKeys
+	rules    policy.SenderRules
+	limits   *limits
+	limitCfg LimitsConfig
+	mode     string // policy.mode
+	unsigned string // dkim.unsigned
+}
+
+// loadPolicy loads the DKIM keys and builds the rules that depend on them.
+func (r *Relay) loadPolicy(cfg *Config) (*livePolicy, error) {
+	keys, warnings, err := loadDKIMKeys(cfg.DKIM)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range warnings {
+		r.log.Warn("dkim: " + w)
+	}
+	return &livePolicy{
+		dkim: keys,
+		rules: policy.SenderRules{
+			AllowedSenders:     cfg.Policy.AllowedSenders,
+			AllowedFromDomains: cfg.Policy.AllowedFromDomains,
+			SigningDomains:     keys.domains(),
+			AllowAnyFrom:       cfg.Policy.AllowAnyFrom,
+		},
+		limits:   newLimits(cfg.Limits, r.clock),
+		limitCfg: cfg.Limits,
+		mode:     cfg.Policy.Mode,
+		unsigned: cfg.DKIM.Unsigned,
+	}, nil
+}
+
+// Reload applies what can change while running (DKIM keys, sender rules,
+// limits, policy mode) from cfg, without dropping sessions. On error the
+// old set stays in force. Settings that need a restart are named in the
+// log. Rate limit buckets start afresh when the limits change.
+func (r *Relay) Reload(cfg *Config) error {
+	live, err := r.loadPolicy(cfg)
+	if err != nil {
+		return err
+	}
+	old := r.live.Load()
+	if cfg.Limits == old.limitCfg {
+		live.limits = old.limits // keep the buckets' state
+	}
+	r.live.Store(live)
+	if needRestart := restartOnly(r.cfg, cfg); len(needRestart) > 0 {
+		r.log.Warn("configuration reloaded; these changes take effect only after a restart", slog.Any("keys", needRestart))
+	} else {
+		r.log.Info("configuration reloaded")
+	}
+	return nil
+}
+
+// restartOnly lists the changed settings that a reload cannot apply.
+func restartOnly(old, cur *Config) []string {
+	var keys []string
+	if fmt.Sprint(old.Listen) != fmt.Sprint(cur.Listen) {
+		keys = append(keys, "listen")
+	}
+	if fmt.Sprint(old.Upstream) != fmt.Sprint(cur.Upstream) {
+		keys = append(keys, "upstream")
+	}
+	if fmt.Sprint(old.Spool) != fmt.Sprint(cur.Spool) {
+		keys = append(keys, "spool")
+	}
+	if old.Hostname != cur.Hostname {
+		keys = append(keys, "hostname")
+	}
+	if old.Log != cur.Log {
+		keys = append(keys, "log")
+	}
+	return keys
 }
 
 // listenUnix opens the submission socket, replacing a stale one left by a

@@ -7,6 +7,8 @@ import (
 	"syscall"
 
 	"github.com/emersion/go-smtp"
+
+	"sealpost/policy"
 )
 
 // Replies a client sees. go-smtp recognises *smtp.SMTPError only by a plain
@@ -34,11 +36,14 @@ func replyQueued(id string) error {
 // detail (paths, errno text) reaches the client.
 func dataReply(err error) *smtp.SMTPError {
 	var se *smtp.SMTPError
+	var ue *unsignedError
 	switch {
 	case err == nil:
 		return nil
 	case errors.As(err, &se):
 		return se
+	case errors.As(err, &ue):
+		return ue.reply()
 	case errors.Is(err, smtp.ErrTooLongLine):
 		return replyLineTooLong
 	case errors.Is(err, os.ErrDeadlineExceeded):
@@ -56,4 +61,50 @@ func smtpErrorString(e *smtp.SMTPError) string {
 		return ""
 	}
 	return fmt.Sprintf("%d %d.%d.%d %s", e.Code, e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2], e.Message)
+}
+
+// ruleBareLineEnding is a bare CR or LF seen on the wire (see
+// lineEndingWatch); the message checks see the others.
+const ruleBareLineEnding = "bare-line-ending"
+
+// violationReply maps a broken rule to its reply (DESIGN.md): smuggling
+// and stray line endings 554 5.6.0, malformed or injected headers 550
+// 5.6.0, senders and From domains this host may not use 550 5.7.1. The text
+// names the rule, so the admin reading the application's error log knows
+// what to fix.
+func violationReply(v *policy.Violation) *smtp.SMTPError {
+	code, enhanced := 550, smtp.EnhancedCode{5, 6, 0}
+	switch v.Rule {
+	case policy.RuleBareLF, policy.RuleBareCR, policy.RuleNULByte, ruleBareLineEnding:
+		code = 554
+	case policy.RuleSenderNotAllowed, policy.RuleFromDomainNotAllowed:
+		enhanced = smtp.EnhancedCode{5, 7, 1}
+	}
+	return &smtp.SMTPError{Code: code, EnhancedCode: enhanced, Message: violationText(v)}
+}
+
+func violationText(v *policy.Violation) string {
+	if v.Line > 0 {
+		return fmt.Sprintf("%s (line %d, rule %s)", v.Msg, v.Line, v.Rule)
+	}
+	return fmt.Sprintf("%s (rule %s)", v.Msg, v.Rule)
+}
+
+func replyBadSender(v *policy.Violation) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: violationText(v)}
+}
+
+func replyBadRecipient(v *policy.Violation) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: violationText(v)}
+}
+
+// alwaysEnforced names the rules that report mode does not relax: a bare
+// CR or LF passed on is exactly what SMTP smuggling needs, and a NUL breaks
+// downstream software.
+func alwaysEnforced(rule string) bool {
+	switch rule {
+	case policy.RuleBareLF, policy.RuleBareCR, policy.RuleNULByte, ruleBareLineEnding:
+		return true
+	}
+	return false
 }

@@ -1,8 +1,11 @@
 package relay
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +15,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"sealpost/policy"
 	"sealpost/spool"
 )
 
@@ -36,24 +40,57 @@ func (s *session) Reset() {
 
 func (s *session) Logout() error { return nil }
 
+// Mail checks the sender before anything is read: address syntax, the
+// allowed senders, then the rate limits (last, so a refused sender does not
+// use up tokens).
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	s.Reset()
-	s.from = from
-	if opts != nil {
-		s.smtputf8 = opts.UTF8
+	live := s.r.live.Load()
+	smtputf8 := opts != nil && opts.UTF8
+	if v := policy.CheckEnvelopeAddress(from, smtputf8, true); v != nil {
+		return s.refuse(v, replyBadSender(v), from, nil)
 	}
+	if v := live.rules.CheckEnvelopeSender(from); v != nil {
+		if err := s.enforce(live, v, from, nil); err != nil {
+			return err
+		}
+	}
+	if err := live.limits.allow(s.senderKey(from), s.clientKey()); err != nil {
+		s.r.audit.record("rejected",
+			slog.String("client_ip", addrString(s.clientIP)),
+			slog.String("mail_from", from),
+			slog.String("rule", err.rule),
+			slog.String("reply", smtpErrorString(err.reply)))
+		return err.reply
+	}
+	s.from, s.smtputf8 = from, smtputf8
 	return nil
 }
 
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if v := policy.CheckEnvelopeAddress(to, s.smtputf8, false); v != nil {
+		return s.refuse(v, replyBadRecipient(v), s.from, []string{to})
+	}
 	s.rcpts = append(s.rcpts, to)
 	return nil
 }
 
-// Data runs the pipeline of one message: read it (bounded by size and
-// time), add the Received field, and put it in the spool. Only when the
-// spool says the message is durable does the client get 250; every failure
-// before that is a reply that makes the client keep the message.
+// senderKey is whom the per-sender limit counts: the envelope sender,
+// lowercased so case games do not buy a fresh bucket.
+func (s *session) senderKey(from string) string {
+	if from == "" {
+		return "<>"
+	}
+	return strings.ToLower(from)
+}
+
+func (s *session) clientKey() string { return addrString(s.clientIP) }
+
+// Data runs the pipeline of one message: check line endings (all along) and
+// the header, edit the header, DKIM-sign, and stream it into the spool.
+// Only when the spool says the message is durable does the client get 250;
+// every failure before that is a reply that makes the client keep the
+// message.
 func (s *session) Data(r io.Reader) error {
 	start := time.Now()
 	deadline := start.Add(time.Duration(s.r.cfg.Listen.DataTimeout))
@@ -61,40 +98,169 @@ func (s *session) Data(r io.Reader) error {
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 
+	live := s.r.live.Load()
+	counted := &countingReader{r: r}
+	br := bufio.NewReaderSize(policy.NewLineChecker(counted), 32<<10)
+	h, err := policy.ReadHeader(br, policy.HeaderOptions{SMTPUTF8: s.smtputf8})
+	if err != nil {
+		return s.dataFailed(err, counted.n)
+	}
+	if v := policy.CheckHeader(h); v != nil {
+		if err := s.enforce(live, v, s.from, s.rcpts); err != nil {
+			return err
+		}
+	}
+	if v := live.rules.CheckFromDomains(h); v != nil {
+		if err := s.enforce(live, v, s.from, s.rcpts); err != nil {
+			return err
+		}
+	}
+
 	id := s.r.spool.NewID()
+	messageID := s.editHeader(h, id, start)
+	signer, err := signerFor(live, h, start)
+	if err != nil {
+		return s.dataFailed(err, counted.n)
+	}
+	if signer != nil {
+		// Releases go-msgauth's goroutines when the message is not stored;
+		// a no-op after Finish.
+		defer signer.Abort()
+	}
+
+	var head bytes.Buffer
+	if _, err := h.WriteTo(&head); err != nil {
+		return s.dataFailed(err, counted.n)
+	}
+	body := io.MultiReader(&head, br)
+	if signer != nil {
+		body = io.TeeReader(body, signer)
+	}
 	env := spool.Envelope{
 		From:       s.from,
 		To:         append([]string(nil), s.rcpts...),
 		SMTPUTF8:   s.smtputf8,
 		ClientAddr: addrString(s.clientIP),
 		TLS:        s.tlsVersion(),
+		MessageID:  messageID,
 		Received:   start,
 	}
-	counted := &countingReader{r: r}
-	header := func() ([]byte, error) { return []byte(s.receivedField(id, start)), nil }
-	err := s.r.spool.PutID(ctx, id, env, counted, header)
-	reply := dataReply(err)
-	if reply != nil {
-		s.r.log.Warn("message not accepted", slog.String("client_ip", env.ClientAddr), slog.String("mail_from", s.from), slog.Any("err", err))
-		s.r.audit.record("rejected",
-			slog.String("client_ip", env.ClientAddr),
-			slog.String("mail_from", s.from),
-			slog.Any("rcpt", env.To),
-			slog.Int64("size", counted.n),
-			slog.String("rule", "spool"),
-			slog.String("reply", smtpErrorString(reply)))
-		return reply
+	prefix := func() ([]byte, error) {
+		// The whole message has been read: last chance to refuse it for
+		// what only the raw stream showed.
+		if bareLineEnding(s.conn.Conn()) {
+			return nil, &policy.Violation{Rule: ruleBareLineEnding, Msg: "a line on this connection ended in a bare CR or LF; only CRLF ends a line in SMTP"}
+		}
+		fields := []byte(s.receivedField(id, start))
+		if signer != nil {
+			sig, err := signer.Finish()
+			if err != nil {
+				return nil, fmt.Errorf("dkim: %w", err)
+			}
+			fields = append(fields, sig...)
+		}
+		return fields, nil
 	}
-	s.r.audit.record("received",
+	if err := s.r.spool.PutID(ctx, id, env, body, prefix); err != nil {
+		return s.dataFailed(err, counted.n)
+	}
+	attrs := []slog.Attr{
 		slog.String("queue_id", string(id)),
 		slog.String("client_ip", env.ClientAddr),
 		slog.String("helo", s.conn.Hostname()),
 		slog.String("mail_from", s.from),
 		slog.Any("rcpt", env.To),
 		slog.Int64("size", counted.n),
+		slog.String("message_id", messageID),
 		slog.String("tls", env.TLS),
-		slog.Int64("duration_ms", time.Since(start).Milliseconds()))
+		slog.Int64("duration_ms", time.Since(start).Milliseconds()),
+	}
+	if signer != nil {
+		attrs = append(attrs, slog.String("dkim", signer.Summary()))
+	}
+	s.r.audit.record("received", attrs...)
 	return replyQueued(string(id))
+}
+
+// editHeader makes the header fit to leave the host: Bcc never leaves it
+// (the recipients are in the envelope), and Date and Message-ID are added
+// when the program left them out, as RFC 5322 requires them. It returns the
+// message's Message-ID.
+func (s *session) editHeader(h *policy.Header, id spool.ID, now time.Time) string {
+	h.Del("Bcc")
+	if !h.Has("Date") {
+		h.Add("Date", now.Format(time.RFC1123Z))
+	}
+	messageID, ok := h.Get("Message-ID")
+	if !ok {
+		messageID = "<" + string(id) + "@" + s.r.cfg.Hostname + ">"
+		h.Add("Message-ID", messageID)
+	}
+	return messageID
+}
+
+// enforce applies a broken message or sender rule: in enforce mode it
+// returns the refusal, in report mode it records what would have been
+// refused and lets the message through. Line endings are never only
+// reported (see PolicyConfig.Mode).
+func (s *session) enforce(live *livePolicy, v *policy.Violation, from string, rcpts []string) error {
+	reply := violationReply(v)
+	if live.mode == "report" && !alwaysEnforced(v.Rule) {
+		s.r.audit.record("flagged",
+			slog.String("client_ip", addrString(s.clientIP)),
+			slog.String("mail_from", from),
+			slog.Any("rcpt", rcpts),
+			slog.String("rule", v.Rule),
+			slog.String("reason", v.Error()),
+			slog.String("reply", "would be "+smtpErrorString(reply)))
+		return nil
+	}
+	return s.refuse(v, reply, from, rcpts)
+}
+
+// refuse records a refusal and returns the reply for it.
+func (s *session) refuse(v *policy.Violation, reply *smtp.SMTPError, from string, rcpts []string) error {
+	attrs := []slog.Attr{
+		slog.String("client_ip", addrString(s.clientIP)),
+		slog.String("mail_from", from),
+		slog.String("rule", v.Rule),
+		slog.String("reason", v.Error()),
+		slog.String("reply", smtpErrorString(reply)),
+	}
+	if rcpts != nil {
+		attrs = append(attrs, slog.Any("rcpt", rcpts))
+	}
+	s.r.audit.record("rejected", attrs...)
+	return reply
+}
+
+// dataFailed turns any failure during DATA into its reply and one audit
+// record: a rule the message broke, or trouble on our side (spool, signing).
+func (s *session) dataFailed(err error, size int64) error {
+	var v *policy.Violation
+	if errors.As(err, &v) {
+		return s.refuse(v, violationReply(v), s.from, s.rcpts)
+	}
+	reply := dataReply(err)
+	rule := "spool"
+	var ue *unsignedError
+	switch {
+	case errors.As(err, &ue):
+		rule = "dkim-no-key"
+	case errors.Is(err, errSigning):
+		rule = "dkim"
+	}
+	if rule != "dkim-no-key" {
+		s.r.log.Warn("message not accepted", slog.String("client_ip", addrString(s.clientIP)), slog.String("mail_from", s.from), slog.Any("err", err))
+	}
+	s.r.audit.record("rejected",
+		slog.String("client_ip", addrString(s.clientIP)),
+		slog.String("mail_from", s.from),
+		slog.Any("rcpt", s.rcpts),
+		slog.Int64("size", size),
+		slog.String("rule", rule),
+		slog.String("reply", smtpErrorString(reply)))
+	return reply
 }
 
 func (s *session) tlsVersion() string {
