@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"sealpost/policy"
@@ -69,11 +70,41 @@ type releasingConn struct {
 	once    sync.Once
 	release func()
 	endings lineEndingWatch
+	hangup  atomic.Bool
+}
+
+// hangUpAfterReply ends the connection once the next reply is written. It
+// is for a stream that has lost its footing: a stalled DATA, or line
+// endings so broken that the end of the message cannot be trusted (go-smtp
+// misses "\r\r\n.\r\n", for one). The read deadline is moved to now so
+// go-smtp's draining of the rest of DATA gives up at once instead of
+// waiting for an end that may never come.
+func (c *releasingConn) hangUpAfterReply() {
+	c.hangup.Store(true)
+	_ = c.Conn.SetReadDeadline(time.Now())
+}
+
+func (c *releasingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if c.hangup.Load() {
+		c.Close()
+	}
+	return n, err
 }
 
 func (c *releasingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	c.endings.scan(p[:n])
+	if !c.endings.bare {
+		c.endings.scan(p[:n])
+		if c.endings.bare {
+			// go-smtp's DATA reader fills its whole buffer before it
+			// returns and misses some ends of data after a bare CR, so it
+			// could wait for the rest of a message that already ended.
+			// Make the next read fail at once; the session sees the flag
+			// and refuses the message.
+			_ = c.Conn.SetReadDeadline(time.Now())
+		}
+	}
 	return n, err
 }
 
@@ -104,6 +135,14 @@ func (w *lineEndingWatch) scan(p []byte) {
 		}
 		w.prevCR = true
 		p = p[i+1:]
+	}
+}
+
+// hangUpAfterReply marks c (when it is one of ours) to close after the
+// next reply.
+func hangUpAfterReply(c net.Conn) {
+	if rc, ok := c.(*releasingConn); ok {
+		rc.hangUpAfterReply()
 	}
 }
 

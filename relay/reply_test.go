@@ -32,7 +32,7 @@ func TestDataReply(t *testing.T) {
 		{fmt.Errorf("spool: write body: %w", smtp.ErrTooLongLine), 554, smtp.EnhancedCode{5, 6, 0}},
 		{fmt.Errorf("spool: write body: %w", &fs.PathError{Op: "write", Path: "/var/spool/sealpost/tmp/x", Err: syscall.ENOSPC}), 451, smtp.EnhancedCode{4, 3, 0}},
 		{fmt.Errorf("spool: commit: %w", &fs.PathError{Op: "rename", Path: "/var/spool/sealpost/queue/x", Err: syscall.EACCES}), 451, smtp.EnhancedCode{4, 3, 0}},
-		{fmt.Errorf("spool: write body: %w", os.ErrDeadlineExceeded), 451, smtp.EnhancedCode{4, 4, 2}},
+		{fmt.Errorf("spool: write body: %w", os.ErrDeadlineExceeded), 421, smtp.EnhancedCode{4, 4, 2}},
 		{errors.New("anything else"), 451, smtp.EnhancedCode{4, 3, 0}},
 	} {
 		got := dataReply(tc.err)

@@ -45,6 +45,9 @@ func (s *session) Logout() error { return nil }
 // use up tokens).
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	s.Reset()
+	if bareLineEnding(s.conn.Conn()) {
+		return s.refuseBareLineEnding(from)
+	}
 	live := s.r.live.Load()
 	smtputf8 := opts != nil && opts.UTF8
 	if v := policy.CheckEnvelopeAddress(from, smtputf8, true); v != nil {
@@ -93,6 +96,9 @@ func (s *session) clientKey() string { return addrString(s.clientIP) }
 // message.
 func (s *session) Data(r io.Reader) error {
 	start := time.Now()
+	if bareLineEnding(s.conn.Conn()) {
+		return s.refuseBareLineEnding(s.from)
+	}
 	deadline := start.Add(time.Duration(s.r.cfg.Listen.DataTimeout))
 	_ = s.conn.Conn().SetReadDeadline(deadline)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
@@ -149,7 +155,7 @@ func (s *session) Data(r io.Reader) error {
 		// The whole message has been read: last chance to refuse it for
 		// what only the raw stream showed.
 		if bareLineEnding(s.conn.Conn()) {
-			return nil, &policy.Violation{Rule: ruleBareLineEnding, Msg: "a line on this connection ended in a bare CR or LF; only CRLF ends a line in SMTP"}
+			return nil, bareLineEndingViolation
 		}
 		fields := []byte(s.receivedField(id, start))
 		if signer != nil {
@@ -234,14 +240,37 @@ func (s *session) refuse(v *policy.Violation, reply *smtp.SMTPError, from string
 	return reply
 }
 
+var bareLineEndingViolation = &policy.Violation{Rule: ruleBareLineEnding, Msg: "a line on this connection ended in a bare CR or LF; only CRLF ends a line in SMTP"}
+
+// refuseBareLineEnding refuses and hangs up: after a bare CR or LF the
+// client and the relay may disagree on where commands and messages end,
+// which is what SMTP smuggling exploits.
+func (s *session) refuseBareLineEnding(from string) error {
+	hangUpAfterReply(s.conn.Conn())
+	return s.refuse(bareLineEndingViolation, violationReply(bareLineEndingViolation), from, s.rcpts)
+}
+
 // dataFailed turns any failure during DATA into its reply and one audit
 // record: a rule the message broke, or trouble on our side (spool, signing).
 func (s *session) dataFailed(err error, size int64) error {
+	if bareLineEnding(s.conn.Conn()) {
+		// Whatever the read ended with (often the deadline the watch set),
+		// the cause is the broken line ending.
+		return s.refuseBareLineEnding(s.from)
+	}
 	var v *policy.Violation
 	if errors.As(err, &v) {
+		if alwaysEnforced(v.Rule) {
+			// Broken line endings mid-DATA: where the message ends can no
+			// longer be trusted, so the connection ends with the reply.
+			hangUpAfterReply(s.conn.Conn())
+		}
 		return s.refuse(v, violationReply(v), s.from, s.rcpts)
 	}
 	reply := dataReply(err)
+	if reply == replyTimeout {
+		hangUpAfterReply(s.conn.Conn())
+	}
 	rule := "spool"
 	var ue *unsignedError
 	switch {
