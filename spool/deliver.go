@@ -20,7 +20,9 @@ type Deliverer interface {
 	// non-nil err for the whole attempt (connection, TLS, AUTH, MAIL or
 	// DATA refused). Errors are temporary unless they implement
 	// Temporary() bool returning false: unknown errors are temporary, mail
-	// is never dropped on a guess.
+	// is never dropped on a guess. An err implementing RetryAt() time.Time
+	// says the deliverer did not try at all (its upstream is in a backoff
+	// pause): the attempt is not counted and every delivery waits until then.
 	// id names the message, for the deliverer's own records.
 	Deliver(ctx context.Context, id ID, env Envelope, to []string, body io.Reader) (perRcpt []error, err error)
 }
@@ -117,6 +119,7 @@ func (s *Spool) Kick() {
 func (s *Spool) Flush() {
 	now := s.now()
 	s.mu.Lock()
+	s.pausedUntil = time.Time{}
 	for _, it := range s.items {
 		if it.busy {
 			it.flushed = true
@@ -179,6 +182,12 @@ func (s *Spool) Run(ctx context.Context, d Deliverer) error {
 		go func() {
 			defer func() { finished <- struct{}{} }()
 			for it := range jobs {
+				// The scheduler may have handed this message out just
+				// before another attempt paused the upstream.
+				if s.isPaused() {
+					s.release(it, it.next)
+					continue
+				}
 				s.attempt(ctx, d, it)
 			}
 		}()
@@ -225,6 +234,9 @@ func (s *Spool) nextDue() (it *item, wait time.Duration, ok bool) {
 	defer s.mu.Unlock()
 	if len(s.sched) == 0 {
 		return nil, 0, false
+	}
+	if s.pausedUntil.After(now) {
+		return nil, s.pausedUntil.Sub(now), true
 	}
 	top := s.sched[0]
 	if top.next.After(now) {
@@ -298,6 +310,16 @@ func (s *Spool) attempt(ctx context.Context, d Deliverer, it *item) {
 	start := s.now()
 	perRcpt, aerr := s.deliver(ctx, d, m, pending)
 	now := s.now()
+	var paused interface{ RetryAt() time.Time }
+	if aerr != nil && errors.As(aerr, &paused) {
+		// The deliverer did not even try (its upstream is in a backoff
+		// pause): not an attempt, so neither counted nor recorded, and
+		// no other message is handed out before then either.
+		until := paused.RetryAt()
+		s.pause(until)
+		s.release(it, until)
+		return
+	}
 	base := Event{ID: m.ID, Envelope: m.Envelope, Duration: now.Sub(start)}
 	if aerr == nil && len(perRcpt) != len(pending) {
 		aerr = fmt.Errorf("spool: deliverer returned %d results for %d recipients", len(perRcpt), len(pending))
@@ -315,7 +337,14 @@ func (s *Spool) attempt(ctx context.Context, d Deliverer, it *item) {
 			continue
 		}
 		rerr := aerr
-		if aerr == nil {
+		switch {
+		case aerr == nil:
+			rerr = perRcpt[pi]
+		case len(perRcpt) == len(pending) && perRcpt[pi] != nil:
+			// The attempt failed as a whole, but this recipient had its
+			// own answer first (every RCPT refused: a 550 among them is
+			// final even though the transaction ended with a 4xx-like
+			// "nothing accepted").
 			rerr = perRcpt[pi]
 		}
 		pi++
@@ -467,6 +496,23 @@ func (s *Spool) moveToFailed(m *Message) error {
 		return fmt.Errorf("spool: sync failed directory: %w", err)
 	}
 	return nil
+}
+
+// isPaused reports whether deliveries are held back right now.
+func (s *Spool) isPaused() bool {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pausedUntil.After(now)
+}
+
+// pause holds back every delivery until t; the deliverer asked for it.
+func (s *Spool) pause(t time.Time) {
+	s.mu.Lock()
+	if t.After(s.pausedUntil) {
+		s.pausedUntil = t
+	}
+	s.mu.Unlock()
 }
 
 // backoff returns the wait after the n-th failed attempt (n >= 1).

@@ -123,7 +123,10 @@ type Spool struct {
 	sched   schedHeap    // the items not being delivered, by next attempt
 	closed  bool
 	running bool
-	ops     sync.WaitGroup // Puts, Deletes and Run in progress; Close waits for them
+	// pausedUntil holds back all deliveries: the deliverer said its
+	// upstream cannot be reached before then (see Deliverer).
+	pausedUntil time.Time
+	ops         sync.WaitGroup // Puts, Deletes and Run in progress; Close waits for them
 }
 
 // Open opens (creating it 0700 if needed) and locks the spool in dir. Only
