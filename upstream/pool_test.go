@@ -1,0 +1,208 @@
+package upstream_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"sealpost/upstream"
+	"sealpost/upstream/upstreamtest"
+)
+
+func poolDeliver(t *testing.T, p *upstream.Pool, to ...string) ([]error, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	perRcpt, _, err := p.Deliver(ctx, upstream.Message{From: "app@example.com", To: to}, strings.NewReader(testMessage))
+	return perRcpt, err
+}
+
+func connections(srv *upstreamtest.Server) int {
+	seen := map[int]bool{}
+	for _, c := range srv.Commands() {
+		seen[c.Conn] = true
+	}
+	return len(seen)
+}
+
+// TestPoolReusesConnections: messages share a connection (with RSET
+// between them) until max_messages_per_connection, then a new one opens.
+func TestPoolReusesConnections(t *testing.T) {
+	t.Parallel()
+	f := newUpstream(t, upstreamtest.Options{TLS: upstreamtest.TLSStartTLS, Users: map[string]string{user: password}})
+	p := upstream.NewPool(newClient(t, f.config(t, "starttls")), upstream.PoolConfig{MaxConnections: 1, MaxMessagesPerConnection: 3})
+	defer p.Close()
+	for i := range 7 {
+		if _, err := poolDeliver(t, p, "a@example.org"); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
+	f.srv.Expect(t, 7)
+	// 7 messages, 3 per connection: 3 connections, one AUTH each.
+	if n := connections(f.srv); n != 3 {
+		t.Errorf("%d connections for 7 messages at 3 per connection, want 3", n)
+	}
+	auths := 0
+	for _, c := range f.srv.Commands() {
+		if c.Verb == "AUTH" {
+			auths++
+		}
+	}
+	if auths != 3 {
+		t.Errorf("%d AUTH commands, want 3", auths)
+	}
+	if p.Idle() != 1 {
+		t.Errorf("%d idle connections after the last message, want 1", p.Idle())
+	}
+}
+
+// TestPoolBoundsConnections: no more than MaxConnections are open at once,
+// however many deliveries run in parallel.
+func TestPoolBoundsConnections(t *testing.T) {
+	t.Parallel()
+	f := newUpstream(t, upstreamtest.Options{TLS: upstreamtest.TLSStartTLS, Users: map[string]string{user: password}})
+	cfg := f.config(t, "starttls")
+	var open, peak atomic.Int32
+	var d net.Dialer
+	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		n := open.Add(1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		return &countedConn{Conn: c, open: &open}, nil
+	}
+	p := upstream.NewPool(newClient(t, cfg), upstream.PoolConfig{MaxConnections: 2})
+	defer p.Close()
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() {
+			if _, err := poolDeliver(t, p, "a@example.org"); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	f.srv.Expect(t, 20)
+	if peak.Load() > 2 {
+		t.Errorf("%d connections open at once, want at most 2", peak.Load())
+	}
+}
+
+type countedConn struct {
+	net.Conn
+	open *atomic.Int32
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.open.Add(-1) })
+	return c.Conn.Close()
+}
+
+// TestPoolBrokenIdleConnection: an idle connection the upstream dropped is
+// replaced, and the message is delivered exactly once.
+func TestPoolBrokenIdleConnection(t *testing.T) {
+	t.Parallel()
+	f := newUpstream(t, upstreamtest.Options{TLS: upstreamtest.TLSStartTLS, Users: map[string]string{user: password}})
+	cfg := f.config(t, "starttls")
+	var conns []net.Conn
+	var mu sync.Mutex
+	var d net.Dialer
+	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		mu.Lock()
+		conns = append(conns, c)
+		mu.Unlock()
+		return c, err
+	}
+	p := upstream.NewPool(newClient(t, cfg), upstream.PoolConfig{})
+	defer p.Close()
+	if _, err := poolDeliver(t, p, "a@example.org"); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	conns[0].(*net.TCPConn).CloseRead() // the pooled connection is now dead
+	conns[0].Close()
+	mu.Unlock()
+	if _, err := poolDeliver(t, p, "b@example.org"); err != nil {
+		t.Fatalf("delivery after the idle connection broke: %v", err)
+	}
+	msgs := f.srv.Expect(t, 2)
+	if len(f.srv.Messages()) != 2 || msgs[1].To[0] != "b@example.org" {
+		t.Errorf("upstream got %d messages", len(f.srv.Messages()))
+	}
+}
+
+// TestPoolBackoff: a dead upstream costs one connection attempt per
+// backoff interval, not one per message; the fast failures say when the
+// next attempt is due.
+func TestPoolBackoff(t *testing.T) {
+	t.Parallel()
+	f := newUpstream(t, upstreamtest.Options{TLS: upstreamtest.TLSStartTLS, Users: map[string]string{user: password}})
+	cfg := f.config(t, "starttls")
+	var dials atomic.Int32
+	var up atomic.Bool
+	var d net.Dialer
+	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		if !up.Load() {
+			return nil, errors.New("connection refused (test)")
+		}
+		return d.DialContext(ctx, network, addr)
+	}
+	var mu sync.Mutex
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	p := upstream.NewPool(newClient(t, cfg), upstream.PoolConfig{Backoff: []time.Duration{time.Minute, 5 * time.Minute}, Now: clock})
+	defer p.Close()
+
+	_, err := poolDeliver(t, p, "a@example.org")
+	var be *upstream.BackoffError
+	if err == nil || errors.As(err, &be) {
+		t.Fatalf("first delivery: %v, want the dial error itself", err)
+	}
+	for range 50 {
+		_, err := poolDeliver(t, p, "a@example.org")
+		if !errors.As(err, &be) || !be.RetryAt().Equal(clock().Add(time.Minute)) || !upstream.IsTemporary(err) {
+			t.Fatalf("during the pause: %v, want a BackoffError until +1m", err)
+		}
+	}
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("%d dials for 51 messages within one interval, want 1", n)
+	}
+	advance(time.Minute)
+	poolDeliver(t, p, "a@example.org") // the one probe of this interval, fails
+	for range 10 {
+		if _, err := poolDeliver(t, p, "a@example.org"); !errors.As(err, &be) || !be.RetryAt().Equal(clock().Add(5*time.Minute)) {
+			t.Fatalf("after the 2nd failure: %v, want a pause of 5m", err)
+		}
+	}
+	if n := dials.Load(); n != 2 {
+		t.Fatalf("%d dials after two intervals, want 2", n)
+	}
+	up.Store(true)
+	advance(5 * time.Minute)
+	if _, err := poolDeliver(t, p, "a@example.org"); err != nil {
+		t.Fatalf("upstream back: %v", err)
+	}
+	if _, err := poolDeliver(t, p, "a@example.org"); err != nil {
+		t.Fatalf("after recovery: %v", err)
+	}
+	f.srv.Expect(t, 2)
+	if n := dials.Load(); n != 3 {
+		t.Errorf("%d dials, want 3 (the second message reuses the connection)", n)
+	}
+}
