@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"syscall"
 
@@ -45,10 +46,28 @@ Usage:
                                     write a DKIM key (mode 0600) and print the DNS record to publish
   sealpost dkim records [-config FILE]
                                     print the DNS records of the configured DKIM keys
+  sealpost check [-config FILE] [-live] [-json] [-offline]
+                                    audit configuration, files, DNS (and with -live the upstream); exit 1 on any FAIL
+  sealpost queue list|show ID|flush|delete ID [-config FILE] [-json] [-body]
+                                    inspect and steer the spool (mailq = queue list)
+  sealpost sendmail [-t] [-i] [-f SENDER] [-F NAME] [-bs|-bp] [-config FILE] [RCPT…]
+                                    submit a message from stdin, as sendmail does (also run as "sendmail")
   sealpost version                  print the version and build information
 `
 
 func run(args []string, stdout, stderr io.Writer) int {
+	// `mailq` is a link to the binary, as with every sendmail-compatible MTA.
+	if len(args) > 0 && filepath.Base(args[0]) == "mailq" {
+		return cmdQueue(append([]string{"list"}, args[1:]...), stdout, stderr)
+	}
+	if len(args) > 0 {
+		switch filepath.Base(args[0]) {
+		case "sendmail":
+			return cmdSendmail(args[1:], os.Stdin, stdout, stderr)
+		case "newaliases":
+			return exitOK // there are no aliases to rebuild
+		}
+	}
 	if len(args) < 2 {
 		fmt.Fprint(stderr, usage)
 		return exitUsage
@@ -61,6 +80,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdDemo(rest, stdout, stderr)
 	case "dkim":
 		return cmdDKIM(rest, stdout, stderr)
+	case "check":
+		return cmdCheck(rest, stdout, stderr)
+	case "queue":
+		return cmdQueue(rest, stdout, stderr)
+	case "sendmail":
+		return cmdSendmail(rest, os.Stdin, stdout, stderr)
 	case "version", "-version", "--version":
 		return cmdVersion(stdout)
 	case "help", "-h", "-help", "--help":
@@ -139,11 +164,8 @@ func reloadOnHangup(ctx context.Context, path string, r *relay.Relay, logger *sl
 				return
 			case <-hup:
 			}
-			cfg, err := relay.LoadConfig(path)
-			if err == nil {
-				err = r.Reload(cfg)
-			}
-			if err != nil {
+			// Hangup also reopens log.audit_file, for logrotate.
+			if err := r.Hangup(path); err != nil {
 				logger.Error("SIGHUP: the new configuration was not applied; the running one stays in force", slog.Any("err", err))
 			}
 		}

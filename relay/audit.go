@@ -13,6 +13,9 @@ import (
 // a message body.
 type auditLog struct {
 	log *slog.Logger
+	// metrics counts every record (metrics.go), so counters and the log
+	// cannot disagree; nil counts nothing.
+	metrics *metrics
 }
 
 func newAuditLog(l *slog.Logger) *auditLog {
@@ -20,6 +23,7 @@ func newAuditLog(l *slog.Logger) *auditLog {
 }
 
 func (a *auditLog) record(event string, attrs ...slog.Attr) {
+	a.metrics.observe(event, attrs)
 	a.log.LogAttrs(context.Background(), slog.LevelInfo, event, append([]slog.Attr{slog.String("event", event)}, attrs...)...)
 }
 

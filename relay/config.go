@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -37,6 +38,10 @@ type Config struct {
 	Limits    LimitsConfig   `toml:"limits"`
 	Policy    PolicyConfig   `toml:"policy"`
 	Log       LogConfig      `toml:"log"`
+	// Metrics is the Prometheus and health endpoint (see metrics.go).
+	Metrics MetricsConfig `toml:"metrics"`
+	// Check holds settings only `sealpost check` reads.
+	Check CheckConfig `toml:"check"`
 
 	// Path is the file the configuration came from ("" when built in code).
 	Path string `toml:"-"`
@@ -52,6 +57,10 @@ type ListenConfig struct {
 	// MaxConnectionsPerClient caps one client address so a single runaway
 	// program cannot take every slot.
 	MaxConnectionsPerClient int `toml:"max_connections_per_client"`
+	// ControlSocket is where the daemon takes `queue flush` and `queue
+	// delete` (mode 0660: the service user and its group). Default: next
+	// to Socket ("control.sock"); none when Socket is "" and this is unset.
+	ControlSocket string `toml:"control_socket"`
 	// ReadTimeout bounds the wait for each command; DataTimeout the whole
 	// DATA transfer, so a slow client cannot hold a slot forever.
 	ReadTimeout  Duration `toml:"read_timeout"`
@@ -76,6 +85,12 @@ type UpstreamConfig struct {
 	Credential     string   `toml:"credential"`
 	DialTimeout    Duration `toml:"dial_timeout"`
 	CommandTimeout Duration `toml:"command_timeout"`
+	// MaxConnections caps the connections open to the upstream at once
+	// (deliveries in parallel are min(this, spool.workers)).
+	MaxConnections int `toml:"max_connections"`
+	// MaxMessagesPerConnection closes a connection after this many
+	// messages (providers cap it; Gmail at 100).
+	MaxMessagesPerConnection int `toml:"max_messages_per_connection"`
 
 	// Password exists only so that a literal password in the file is
 	// recognised and refused with a pointer to the safe sources.
@@ -89,6 +104,11 @@ type SpoolConfig struct {
 	// RetryIntervals is the wait after each failed attempt; the last one
 	// repeats until max_age.
 	RetryIntervals []Duration `toml:"retry_intervals"`
+	// KeepFailed is how long given-up messages stay in failed/.
+	KeepFailed Duration `toml:"keep_failed"`
+	// Bounce sends a delivery status notification to the envelope sender
+	// of a message given up (never for a null sender).
+	Bounce bool `toml:"bounce"`
 }
 
 type DKIMConfig struct {
@@ -112,6 +132,9 @@ type DKIMKey struct {
 type LimitsConfig struct {
 	PerSender RateLimit `toml:"per_sender"`
 	PerClient RateLimit `toml:"per_client"`
+	// PerUser is keyed by the local user who submitted (unix socket peer,
+	// or owner of a loopback TCP client's socket); off by default.
+	PerUser RateLimit `toml:"per_user"`
 	// Global caps the whole host, whoever sends; off by default.
 	Global RateLimit `toml:"global"`
 }
@@ -139,9 +162,23 @@ type RateLimit struct {
 	Burst int  `toml:"burst"`
 }
 
+// CheckConfig tells `sealpost check` what it cannot find out by itself.
+type CheckConfig struct {
+	// UpstreamIPs are the addresses the upstream provider sends from; SPF
+	// of each sending domain is evaluated for them. Empty: check derives
+	// them from a known provider's SPF include, if it can.
+	UpstreamIPs []string `toml:"upstream_ips"`
+	// ServiceUser is the user sealpost runs as (name or numeric uid), which
+	// must own the password file and spool. Empty: the user running check.
+	ServiceUser string `toml:"service_user"`
+}
+
 type LogConfig struct {
 	Level  slog.Level `toml:"level"`
 	Format string     `toml:"format"`
+	// AuditFile, when set, receives the audit records (JSON lines, mode
+	// 0640) instead of stderr; SIGHUP reopens it for logrotate.
+	AuditFile string `toml:"audit_file"`
 }
 
 // Defaults returns the configuration used for every key a file leaves out.
@@ -165,12 +202,17 @@ func Defaults() *Config {
 			MinTLSVersion:  TLSVersion(0x0303),
 			DialTimeout:    Duration(30 * time.Second),
 			CommandTimeout: Duration(5 * time.Minute),
+
+			MaxConnections:           4,
+			MaxMessagesPerConnection: 100,
 		},
 		Spool: SpoolConfig{
 			Dir:            "/var/spool/sealpost",
 			MaxAge:         Duration(5 * 24 * time.Hour),
 			Workers:        4,
 			RetryIntervals: []Duration{Duration(time.Minute), Duration(5 * time.Minute), Duration(15 * time.Minute), Duration(time.Hour)},
+			KeepFailed:     Duration(7 * 24 * time.Hour),
+			Bounce:         true,
 		},
 		Limits: LimitsConfig{
 			PerSender: RateLimit{Rate: Rate{Events: 60, Per: time.Minute}, Burst: 20},
@@ -178,6 +220,8 @@ func Defaults() *Config {
 		},
 		Policy: PolicyConfig{Mode: "enforce"},
 		Log:    LogConfig{Level: slog.LevelInfo, Format: "auto"},
+
+		Metrics: MetricsConfig{ReadyUpstreamWindow: Duration(10 * time.Minute)},
 	}
 }
 
@@ -370,6 +414,18 @@ func (c *Config) validate() error {
 	if c.Spool.Workers <= 0 || c.Spool.Workers > 256 {
 		return fieldErr("spool.workers", "must be between 1 and 256")
 	}
+	if c.Spool.KeepFailed < Duration(time.Hour) {
+		return fieldErr("spool.keep_failed", "must be at least 1h: failed messages are kept for the operator to look at")
+	}
+	if u.MaxConnections <= 0 || u.MaxConnections > 64 {
+		return fieldErr("upstream.max_connections", "must be between 1 and 64")
+	}
+	if u.MaxMessagesPerConnection <= 0 {
+		return fieldErr("upstream.max_messages_per_connection", "must be at least 1")
+	}
+	if cs := l.ControlSocket; cs != "" && !filepath.IsAbs(cs) {
+		return fieldErr("listen.control_socket", "%q is not an absolute path", cs)
+	}
 
 	for i, k := range c.DKIM.Keys {
 		key := fmt.Sprintf("dkim.keys[%d]", i)
@@ -416,7 +472,7 @@ func (c *Config) validate() error {
 			return fieldErr("policy.allowed_from_domains", "%q is not a domain (use \"example.com\" or \"*.example.com\")", d)
 		}
 	}
-	for key, rl := range map[string]RateLimit{"limits.per_sender": c.Limits.PerSender, "limits.per_client": c.Limits.PerClient, "limits.global": c.Limits.Global} {
+	for key, rl := range map[string]RateLimit{"limits.per_sender": c.Limits.PerSender, "limits.per_client": c.Limits.PerClient, "limits.per_user": c.Limits.PerUser, "limits.global": c.Limits.Global} {
 		if !rl.Rate.Unlimited() && rl.Burst <= 0 {
 			return fieldErr(key, "burst must be at least 1 when a rate is set")
 		}
@@ -426,6 +482,20 @@ func (c *Config) validate() error {
 	case "auto", "json", "text":
 	default:
 		return fieldErr("log.format", "%q: use \"auto\", \"json\" or \"text\"", c.Log.Format)
+	}
+	if c.Log.AuditFile != "" && !filepath.IsAbs(c.Log.AuditFile) {
+		return fieldErr("log.audit_file", "%q is not an absolute path", c.Log.AuditFile)
+	}
+	if err := c.Metrics.validate(); err != nil {
+		return err
+	}
+	for _, ip := range c.Check.UpstreamIPs {
+		if _, err := netip.ParseAddr(ip); err != nil {
+			return fieldErr("check.upstream_ips", "%q is not an IP address (list addresses, e.g. [\"192.0.2.10\", \"2001:db8::10\"])", ip)
+		}
+	}
+	if u := c.Check.ServiceUser; u != "" && !validUserName(u) {
+		return fieldErr("check.service_user", "%q is not a user name or numeric uid", u)
 	}
 	// Last: a file with a more specific mistake should hear about that first.
 	if !c.Policy.AllowAnyFrom && len(c.Policy.AllowedFromDomains) == 0 && len(c.DKIM.Keys) == 0 {
@@ -452,9 +522,35 @@ func validDomain(d string) bool {
 	return true
 }
 
+// validUserName accepts POSIX-portable user names (as useradd does) and
+// numeric uids.
+func validUserName(u string) bool {
+	if len(u) > 32 {
+		return false
+	}
+	for i, c := range u {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-' && i > 0) {
+			return false
+		}
+	}
+	return u != ""
+}
+
 // validSelector accepts RFC 6376 selectors: one or more dot-separated
 // sub-domain labels.
 func validSelector(s string) bool { return validDomain(s) && !strings.HasSuffix(s, ".") }
+
+// ControlSocketPath is where the daemon listens for queue commands ("" for
+// nowhere): listen.control_socket, else control.sock beside listen.socket.
+func (c *Config) ControlSocketPath() string {
+	if c.Listen.ControlSocket != "" {
+		return c.Listen.ControlSocket
+	}
+	if c.Listen.Socket == "" {
+		return ""
+	}
+	return filepath.Join(filepath.Dir(c.Listen.Socket), "control.sock")
+}
 
 // UpstreamHost is the name the upstream certificate must be valid for.
 func (c *Config) UpstreamHost() string {

@@ -50,7 +50,7 @@ func newUpstreamClient(cfg *Config) (*upstream.Client, error) {
 // upstreamDeliverer lets the spool's delivery loop send through the
 // upstream client without the spool knowing SMTP.
 type upstreamDeliverer struct {
-	client *upstream.Client
+	client upstreamSender
 	audit  *auditLog
 	addr   string
 	// hardStop ends deliveries in flight. The spool's own context only
@@ -64,6 +64,7 @@ func (d *upstreamDeliverer) Deliver(ctx context.Context, id spool.ID, env spool.
 	defer cancel()
 	defer context.AfterFunc(d.hardStop, cancel)()
 	perRcpt, info, err := d.client.Deliver(ctx, upstream.Message{From: env.From, To: to, SMTPUTF8: env.SMTPUTF8}, body)
+	d.audit.metrics.upstreamAttempt(err, info, env.Received)
 	if err == nil {
 		var accepted []string
 		for i, rcptErr := range perRcpt {
@@ -79,7 +80,8 @@ func (d *upstreamDeliverer) Deliver(ctx context.Context, id spool.ID, env spool.
 				slog.String("upstream", d.addr),
 				slog.String("upstream_reply", info.Reply),
 				slog.String("tls", info.TLSVersion),
-				slog.Int64("duration_ms", info.Duration.Milliseconds()))
+				slog.Int64("duration_ms", info.Duration.Milliseconds()),
+				envelopeAttrs(env))
 		}
 	}
 	return perRcpt, err
@@ -98,6 +100,7 @@ func (r *Relay) spoolEvent(e spool.Event) {
 	if e.Err != nil {
 		attrs = append(attrs, slog.String("error", e.Err.Error()))
 	}
+	attrs = append(attrs, spoolEventAttrs(r.cfg.Upstream.Addr, e)...)
 	switch e.Kind {
 	case spool.EventDelivered:
 		return
@@ -108,4 +111,7 @@ func (r *Relay) spoolEvent(e spool.Event) {
 		return
 	}
 	r.audit.record(e.Kind, attrs...)
+	if e.Kind == spool.EventFailed || e.Kind == spool.EventExpired {
+		r.bounce(e)
+	}
 }

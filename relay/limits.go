@@ -13,13 +13,17 @@ import (
 // limits holds the token buckets a submission draws from.
 type limits struct {
 	perSender, perClient, global *policy.Limiter
+	// perUser counts by local user (the socket's peer uid, or the owner of
+	// a loopback TCP client's socket): a program cannot dodge it by
+	// changing its envelope sender.
+	perUser *policy.Limiter
 }
 
 func newLimits(cfg LimitsConfig, clock policy.Clock) *limits {
 	mk := func(rl RateLimit) *policy.Limiter {
 		return policy.NewLimiter(policy.LimiterConfig{Rate: rl.Rate.perSecond(), Burst: rl.Burst}, clock)
 	}
-	return &limits{perSender: mk(cfg.PerSender), perClient: mk(cfg.PerClient), global: mk(cfg.Global)}
+	return &limits{perSender: mk(cfg.PerSender), perClient: mk(cfg.PerClient), global: mk(cfg.Global), perUser: mk(cfg.PerUser)}
 }
 
 func (r Rate) perSecond() float64 {
@@ -38,8 +42,9 @@ type limitError struct {
 // allow draws one token for a message from every bucket that applies, the
 // narrowest first. A message refused by one bucket has already used tokens
 // of the ones before it; that errs on the side of the limit, which is what
-// a runaway program needs.
-func (l *limits) allow(senderKey, clientKey string) *limitError {
+// a runaway program needs. userKey is "" when the local user is unknown;
+// per_user then does not apply.
+func (l *limits) allow(senderKey, userKey, clientKey string) *limitError {
 	checks := []struct {
 		lim  *policy.Limiter
 		key  string
@@ -47,10 +52,14 @@ func (l *limits) allow(senderKey, clientKey string) *limitError {
 		what string
 	}{
 		{l.perSender, senderKey, "rate-per-sender", "sender " + senderKey},
+		{l.perUser, userKey, "rate-per-user", "local user " + userKey},
 		{l.perClient, clientKey, "rate-per-client", "client " + clientKey},
 		{l.global, "*", "rate-global", "this host"},
 	}
 	for _, c := range checks {
+		if c.key == "" {
+			continue
+		}
 		if ok, retry := c.lim.Allow(c.key); !ok {
 			return &limitError{rule: c.rule, reply: &smtp.SMTPError{
 				Code:         451,

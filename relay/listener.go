@@ -45,7 +45,7 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			go refuse(c, replyBusy.Code, "4.7.0", "Too many connections from your address, try again later")
 			continue
 		}
-		rc := &releasingConn{Conn: c}
+		rc := &releasingConn{Conn: c, peer: sync.OnceValue(func() peer { return lookupPeer(c) })}
 		rc.release = func() {
 			l.open.remove(rc)
 			l.limiter.Release(ip)
@@ -71,6 +71,9 @@ type releasingConn struct {
 	release func()
 	endings lineEndingWatch
 	hangup  atomic.Bool
+	// peer is the local sender, looked up on first use by the session's
+	// goroutine so a slow /proc scan never holds up Accept.
+	peer func() peer
 }
 
 // hangUpAfterReply ends the connection once the next reply is written. It
@@ -144,6 +147,14 @@ func hangUpAfterReply(c net.Conn) {
 	if rc, ok := c.(*releasingConn); ok {
 		rc.hangUpAfterReply()
 	}
+}
+
+// peerOf is the local process behind c, when the kernel can tell.
+func peerOf(c net.Conn) peer {
+	if rc, ok := c.(*releasingConn); ok && rc.peer != nil {
+		return rc.peer()
+	}
+	return unknownPeer
 }
 
 // bareLineEnding reports whether the client has sent a bare CR or LF on

@@ -56,6 +56,11 @@ type Relay struct {
 	live atomic.Pointer[livePolicy]
 
 	listeners []net.Listener
+
+	ops ops // metrics, health and the audit file (ops.go)
+
+	pool    *upstream.Pool // connections to the upstream, with its backoff
+	control net.Listener   // queue commands; nil when not configured
 }
 
 // New checks everything that can be checked before serving — the upstream
@@ -86,10 +91,14 @@ func New(cfg *Config, opts Options) (_ *Relay, err error) {
 			r.close()
 		}
 	}()
+	if err := r.initOps(cfg, opts); err != nil {
+		return nil, err
+	}
 
 	if r.upstream, err = newUpstreamClient(cfg); err != nil {
 		return nil, err
 	}
+	r.pool = newUpstreamPool(cfg, r.upstream)
 	r.clock = opts.Clock
 	live, err := r.loadPolicy(cfg)
 	if err != nil {
@@ -130,6 +139,14 @@ func New(cfg *Config, opts Options) (_ *Relay, err error) {
 		}
 		r.listeners = append(r.listeners, &guardedListener{Listener: l, limiter: r.conns, audit: r.audit, open: r.open})
 	}
+	if path := cfg.ControlSocketPath(); path != "" {
+		if r.control, err = listenControl(path); err != nil {
+			return nil, err
+		}
+	}
+	if err := r.listenMetrics(); err != nil {
+		return nil, err
+	}
 	return r, nil
 }
 
@@ -142,6 +159,8 @@ type livePolicy struct {
 	limitCfg LimitsConfig
 	mode     string // policy.mode
 	unsigned string // dkim.unsigned
+
+	cfg *Config // where this set came from, so a reload can log what changed
 }
 
 // loadPolicy loads the DKIM keys and builds the rules that depend on them.
@@ -165,6 +184,7 @@ func (r *Relay) loadPolicy(cfg *Config) (*livePolicy, error) {
 		limitCfg: cfg.Limits,
 		mode:     cfg.Policy.Mode,
 		unsigned: cfg.DKIM.Unsigned,
+		cfg:      cfg,
 	}, nil
 }
 
@@ -175,6 +195,7 @@ func (r *Relay) loadPolicy(cfg *Config) (*livePolicy, error) {
 func (r *Relay) Reload(cfg *Config) error {
 	live, err := r.loadPolicy(cfg)
 	if err != nil {
+		r.ops.metrics.reloaded(false)
 		return err
 	}
 	old := r.live.Load()
@@ -182,10 +203,12 @@ func (r *Relay) Reload(cfg *Config) error {
 		live.limits = old.limits // keep the buckets' state
 	}
 	r.live.Store(live)
+	r.ops.metrics.reloaded(true)
+	changed := liveChanges(old.cfg, cfg)
 	if needRestart := restartOnly(r.cfg, cfg); len(needRestart) > 0 {
-		r.log.Warn("configuration reloaded; these changes take effect only after a restart", slog.Any("keys", needRestart))
+		r.log.Warn("configuration reloaded; these changes take effect only after a restart", slog.Any("changed", changed), slog.Any("keys", needRestart))
 	} else {
-		r.log.Info("configuration reloaded")
+		r.log.Info("configuration reloaded", slog.Any("changed", changed))
 	}
 	return nil
 }
@@ -258,6 +281,7 @@ func (r *Relay) Spool() *spool.Spool { return r.spool }
 // for deliveries in flight, and closes the spool.
 func (r *Relay) Run(ctx context.Context) error {
 	r.log.Info("sealpost relay started", r.cfg.Summary()...)
+	r.serveMetrics()
 	var wg sync.WaitGroup
 	serveErr := make(chan error, len(r.listeners))
 	for _, l := range r.listeners {
@@ -274,9 +298,11 @@ func (r *Relay) Run(ctx context.Context) error {
 	defer endDeliveries()
 	deliveryDone := make(chan error, 1)
 	go func() {
-		d := &upstreamDeliverer{client: r.upstream, audit: r.audit, addr: r.cfg.Upstream.Addr, hardStop: hardStop}
+		d := &upstreamDeliverer{client: r.pool, audit: r.audit, addr: r.cfg.Upstream.Addr, hardStop: hardStop}
 		deliveryDone <- r.spool.Run(deliverCtx, d)
 	}()
+
+	stopQueueHelpers := r.startQueueHelpers()
 
 	var runErr error
 	select {
@@ -307,10 +333,14 @@ func (r *Relay) Run(ctx context.Context) error {
 	if err := <-deliveryDone; err != nil && !errors.Is(err, context.Canceled) && runErr == nil {
 		runErr = err
 	}
+	stopQueueHelpers()
+	r.pool.Close()
+	r.stopMetrics(shutdownCtx)
 	if err := r.spool.Close(); err != nil && runErr == nil {
 		runErr = err
 	}
 	r.removeSocket()
+	r.closeOps()
 	return runErr
 }
 
@@ -323,11 +353,18 @@ func (r *Relay) close() {
 	if r.spool != nil {
 		r.spool.Close()
 	}
+	if r.ops.srv != nil {
+		r.ops.srv.ln.Close()
+	}
+	r.closeOps()
 }
 
 func (r *Relay) removeSocket() {
 	if r.cfg.Listen.Socket != "" {
 		os.Remove(r.cfg.Listen.Socket)
+	}
+	if r.control != nil {
+		r.control.Close()
 	}
 }
 

@@ -50,7 +50,7 @@ func TestRelayDeliversOverVerifiedTLS(t *testing.T) {
 			t.Errorf("delivered message lacks %q:\n%s", want, got.Data)
 		}
 	}
-	if !bytes.HasPrefix(got.Data, []byte("Received: from client.test ([127.0.0.1])\r\n\tby relay.test (sealpost) with ESMTP id "+id+";\r\n")) {
+	if !bytes.HasPrefix(got.Data, []byte("Received: from client.test ([127.0.0.1])"+selfTCPComment(t)+"\r\n\tby relay.test (sealpost) with ESMTP id "+id+";\r\n")) {
 		t.Errorf("no Received field with the queue id:\n%s", got.Data)
 	}
 

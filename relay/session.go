@@ -24,6 +24,7 @@ type session struct {
 	r        *Relay
 	conn     *smtp.Conn
 	clientIP netip.Addr
+	peer     peer // the local user and program, when the kernel says
 
 	from     string
 	smtputf8 bool
@@ -31,7 +32,7 @@ type session struct {
 }
 
 func (r *Relay) newSession(c *smtp.Conn) (smtp.Session, error) {
-	return &session{r: r, conn: c, clientIP: clientIP(c.Conn().RemoteAddr())}, nil
+	return &session{r: r, conn: c, clientIP: clientIP(c.Conn().RemoteAddr()), peer: peerOf(c.Conn())}, nil
 }
 
 func (s *session) Reset() {
@@ -58,12 +59,12 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 			return err
 		}
 	}
-	if err := live.limits.allow(s.senderKey(from), s.clientKey()); err != nil {
-		s.r.audit.record("rejected",
+	if err := live.limits.allow(s.senderKey(from), s.peer.localUser(), s.clientKey()); err != nil {
+		s.r.audit.record("rejected", append([]slog.Attr{
 			slog.String("client_ip", addrString(s.clientIP)),
 			slog.String("mail_from", from),
 			slog.String("rule", err.rule),
-			slog.String("reply", smtpErrorString(err.reply)))
+			slog.String("reply", smtpErrorString(err.reply))}, s.peer.attrs()...)...)
 		return err.reply
 	}
 	s.from, s.smtputf8 = from, smtputf8
@@ -147,6 +148,7 @@ func (s *session) Data(r io.Reader) error {
 		To:         append([]string(nil), s.rcpts...),
 		SMTPUTF8:   s.smtputf8,
 		ClientAddr: addrString(s.clientIP),
+		LocalUser:  s.peer.localUser(),
 		TLS:        s.tlsVersion(),
 		MessageID:  messageID,
 		Received:   start,
@@ -181,6 +183,7 @@ func (s *session) Data(r io.Reader) error {
 		slog.String("tls", env.TLS),
 		slog.Int64("duration_ms", time.Since(start).Milliseconds()),
 	}
+	attrs = append(attrs, s.peer.attrs()...)
 	if signer != nil {
 		attrs = append(attrs, slog.String("dkim", signer.Summary()))
 	}
@@ -236,6 +239,7 @@ func (s *session) refuse(v *policy.Violation, reply *smtp.SMTPError, from string
 	if rcpts != nil {
 		attrs = append(attrs, slog.Any("rcpt", rcpts))
 	}
+	attrs = append(attrs, s.peer.attrs()...)
 	s.r.audit.record("rejected", attrs...)
 	return reply
 }
@@ -327,7 +331,11 @@ func (s *session) receivedField(id spool.ID, now time.Time) string {
 		from = "[" + s.clientIP.String() + "]"
 	}
 	helo := sanitizeHeaderText(s.conn.Hostname())
-	return fmt.Sprintf("Received: from %s (%s)\r\n\tby %s (sealpost) with %s id %s;\r\n\t%s\r\n",
+	from = "(" + from + ")"
+	if who := s.peer.comment(); who != "" {
+		from += " " + who // the local sender, like Postfix's "from userid N"
+	}
+	return fmt.Sprintf("Received: from %s %s\r\n\tby %s (sealpost) with %s id %s;\r\n\t%s\r\n",
 		helo, from, s.r.cfg.Hostname, proto, id, now.Format(time.RFC1123Z))
 }
 
