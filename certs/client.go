@@ -34,6 +34,11 @@ type ClientOptions struct {
 	// what tests and `sealpost demo` (a throwaway CA) want anyway.
 	ExtraRoots *x509.CertPool
 
+	// Pins, when set, additionally require a certificate of the verified
+	// chain to have one of these public keys ("sha256/BASE64", see Pin).
+	// They narrow trust; they never replace chain and name verification.
+	Pins []string
+
 	// MinVersion is the lowest TLS version accepted. Zero means TLS 1.2;
 	// anything below TLS 1.2 is an error.
 	MinVersion uint16
@@ -69,11 +74,17 @@ func ClientConfig(opts ClientOptions) (*tls.Config, error) {
 		}
 	}
 
-	return &tls.Config{
+	cfg := &tls.Config{
 		ServerName: opts.ServerName,
 		RootCAs:    roots,
 		MinVersion: minVersion,
-	}, nil
+	}
+	if len(opts.Pins) > 0 {
+		if cfg.VerifyConnection, err = pinVerifier(opts.Pins); err != nil {
+			return nil, err
+		}
+	}
+	return cfg, nil
 }
 
 // LoadPool reads a PEM bundle of CA certificates into a new pool (without

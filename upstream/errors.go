@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/emersion/go-smtp"
+
+	"sealpost/certs"
 )
 
 // Names of the TLS checks a TLSError can report. They are stable: logs and
@@ -24,7 +26,8 @@ const (
 	CheckExpired            = "certificate-expired"
 	CheckInvalid            = "certificate-invalid"
 	CheckProtocolVersion    = "protocol-version"
-	CheckNotVerified        = "not-verified" // handshake reported done but without verified chains
+	CheckNotVerified        = "not-verified"    // handshake reported done but without verified chains
+	CheckPin                = "certificate-pin" // verified, but no key in the chain matches upstream.pins
 )
 
 // TLSError reports which TLS check failed. It is always temporary: a
@@ -181,6 +184,8 @@ func classifyTLS(err error) string {
 		verifyErr  *tls.CertificateVerificationError
 	)
 	switch {
+	case errors.Is(err, certs.ErrPinMismatch):
+		return CheckPin
 	case errors.As(err, &hostErr):
 		return CheckHostname
 	case errors.As(err, &authErr), errors.As(err, &rootsErr):
