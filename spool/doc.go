@@ -11,9 +11,9 @@
 // Everything lives under one directory (created 0700):
 //
 //	lock              flock(2)ed by the one process that owns the spool
-//	tmp/<id>.eml      body being written; anything here at Open is a crash leftover and removed
-//	tmp/<id>.json     metadata being written (same)
-//	body/<id>.eml     the message body, written once, never rewritten
+//	tmp/<id>.json     metadata being written; anything in tmp/ at Open is a crash leftover and removed
+//	body/<id>.eml     the message body, written once, never rewritten; one
+//	                  without metadata in queue/ is an interrupted Put, removed at Open
 //	queue/<id>.json   the metadata ([Message]); its presence is the commit marker
 //	failed/           given-up messages: <id>.json and <id>.eml, kept for the operator
 //	corrupt/          quarantined files that could not be decoded, with their body if any
@@ -24,11 +24,12 @@
 //
 // # Durability order of Put
 //
-//  1. write tmp/<id>.eml, fsync it, rename it to body/<id>.eml
+//  1. write body/<id>.eml, fsync it (no temp name: without metadata it is
+//     not a message, so a rename would buy nothing)
 //  2. write tmp/<id>.json, fsync it
 //  3. fsync body/ — before the commit marker exists, so that a crash can
-//     never leave metadata whose body rename was lost (directories are
-//     independent on disk; one's rename is not ordered before another's)
+//     never leave metadata whose body's directory entry was lost
+//     (directories are independent on disk)
 //  4. rename tmp/<id>.json to queue/<id>.json — the commit point
 //  5. fsync queue/ — only now is the message durable, and Put returns
 //

@@ -109,11 +109,10 @@ func sep(s string) string { return string(filepath.Separator) + s + string(filep
 func TestPutFaults(t *testing.T) {
 	t.Parallel()
 	tests := []struct{ op, match string }{
-		{"create", sep(dirTmp) + ""},                       // body temp file
+		{"create", sep(dirBody)},                           // body file
 		{"write", extBody},                                 // body data (disk full)
 		{"sync", extBody},                                  // body fsync
 		{"close", extBody},                                 // body close (NFS write-back)
-		{"rename", sep(dirBody)},                           // body into place
 		{"create", extMeta},                                // metadata temp file
 		{"write", extMeta},                                 // metadata data
 		{"sync", extMeta},                                  // metadata fsync

@@ -256,16 +256,15 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 	}
 
 	now := s.now()
-	tmpBody, finalBody := s.path(dirTmp, string(id)+extBody), s.path(dirBody, string(id)+extBody)
+	finalBody := s.path(dirBody, string(id)+extBody)
 	tmpMeta, finalMeta := s.path(dirTmp, string(id)+extMeta), s.path(dirQueue, string(id)+extMeta)
 
-	size, err := s.writeFile(tmpBody, ctxReader{ctx, body})
+	// The body goes straight to its final name: without metadata it is not
+	// a message (Open removes such leftovers), so a temp name and a rename
+	// would only cost a directory operation per message.
+	size, err := s.writeFile(finalBody, ctxReader{ctx, body})
 	if err != nil {
 		return fmt.Errorf("spool: write body: %w", err)
-	}
-	if err := s.fs.Rename(tmpBody, finalBody); err != nil {
-		s.fs.Remove(tmpBody)
-		return fmt.Errorf("spool: commit body: %w", err)
 	}
 	committed := false
 	defer func() {
