@@ -362,11 +362,19 @@ func TestDemo(t *testing.T) {
 	if err != nil || !queuedAs.Match(out) {
 		t.Fatalf("the printed swaks command failed: %v\n%s", err, out)
 	}
+	sendmailLine := next(func(l string) bool { return strings.Contains(l, " sendmail -config ") })
 	next(func(l string) bool { return strings.Contains(l, "upstream received a message") })
 	tlsLine := next(func(l string) bool { return strings.Contains(l, "TLS: ") })
 	if !strings.Contains(tlsLine, "TLS 1.") || !strings.Contains(tlsLine, "as demo@sealpost.test") {
 		t.Errorf("demo output: %q", tlsLine)
 	}
+	next(func(l string) bool { return strings.Contains(l, "DKIM: pass") })
+
+	// The printed sendmail command works as printed, too.
+	if out, err := exec.Command("sh", "-c", strings.TrimSpace(sendmailLine)).CombinedOutput(); err != nil {
+		t.Fatalf("the printed sendmail command failed: %v\n%s", err, out)
+	}
+	next(func(l string) bool { return strings.Contains(l, "upstream received a message") })
 }
 
 type lockedBuffer struct {

@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"sealpost/relay"
@@ -180,12 +181,21 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	err := relay.RunDemo(ctx, relay.DemoOptions{Listen: *listen, Out: stdout, Log: stderr})
+	err := relay.RunDemo(ctx, relay.DemoOptions{Listen: *listen, Out: stdout, Log: stderr, Command: selfCommand()})
 	if err != nil && !errors.Is(err, context.Canceled) {
 		fmt.Fprintf(stderr, "sealpost demo: %v\n", err)
 		return exitFailure
 	}
 	return exitOK
+}
+
+// selfCommand is how the user ran this program: "go run ." when it is a
+// binary that go run built in a temporary directory.
+func selfCommand() string {
+	if exe := os.Args[0]; !strings.Contains(exe, "go-build") {
+		return exe
+	}
+	return "go run ."
 }
 
 func cmdVersion(stdout io.Writer) int {

@@ -27,6 +27,9 @@ type DemoOptions struct {
 	Listen string    // loopback address for the relay; a busy port falls back to a free one
 	Out    io.Writer // instructions and received messages
 	Log    io.Writer // the relay's log
+	// Command is how the user runs sealpost ("go run ." or the binary's
+	// path), for the printed sendmail example.
+	Command string
 }
 
 const demoUser = "demo@sealpost.test"
@@ -83,18 +86,16 @@ func RunDemo(ctx context.Context, opts DemoOptions) error {
 	}
 	defer up.Close()
 
-	cfg := Defaults()
-	cfg.Hostname = "demo.sealpost.test"
-	cfg.Listen.Socket = ""
-	cfg.Upstream.Addr = up.Addr()
-	cfg.Upstream.CAFile = caFile
-	cfg.Upstream.Username = demoUser
-	cfg.Upstream.PasswordFile = passwordFile
-	cfg.Spool.Dir = filepath.Join(dir, "spool")
-	cfg.DKIM.Keys = keys
-	cfg.DKIM.Unsigned = "relay"
-	cfg.Policy.AllowedFromDomains = []string{"*.example.com"}
-	cfg.Path = "(demo)"
+	// The configuration is a real file, so `sealpost sendmail -config` can
+	// find the demo's submission socket in it.
+	cfgPath := filepath.Join(dir, "relay.toml")
+	if err := os.WriteFile(cfgPath, demoConfig(dir, up.Addr(), caFile, passwordFile, keys), 0o600); err != nil {
+		return err
+	}
+	cfg, err := LoadConfig(cfgPath)
+	if err != nil {
+		return fmt.Errorf("demo configuration: %w", err)
+	}
 
 	r, err := newDemoRelay(cfg, opts)
 	if err != nil {
@@ -109,14 +110,31 @@ sealpost demo is running.
   embedded upstream         %s   STARTTLS required (throwaway CA), AUTH as %s
   DKIM                      example.com signed with throwaway RSA-2048 and Ed25519 keys
 
-Send a test message from another terminal:
+Send a test message from another terminal, over SMTP:
 
   swaks --server %s --port %s --from app@example.com --to someone@example.net --header "Subject: hello from sealpost"
 
+or as a legacy program would, through the sendmail command:
+
+  printf 'Subject: hello via sendmail\n\nIt works.\n' | %s sendmail -config %s -f app@example.com someone@example.net
+
 Each message the upstream receives is printed below. Ctrl-C stops and removes everything.
 
-`, addr, cfg.Spool.Dir, up.Addr(), demoUser, host, port)
+`, addr, cfg.Spool.Dir, up.Addr(), demoUser, host, port, opts.Command, cfgPath)
 	return r.Run(ctx)
+}
+
+// demoConfig writes the demo's configuration as TOML.
+func demoConfig(dir, upstreamAddr, caFile, passwordFile string, keys []DKIMKey) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, "hostname = \"demo.sealpost.test\"\n\n[listen]\nsocket = %q\n\n", filepath.Join(dir, "submit.sock"))
+	fmt.Fprintf(&b, "[upstream]\naddr = %q\nca_file = %q\nusername = %q\npassword_file = %q\n\n", upstreamAddr, caFile, demoUser, passwordFile)
+	fmt.Fprintf(&b, "[spool]\ndir = %q\n\n[dkim]\nunsigned = \"relay\"\n\n", filepath.Join(dir, "spool"))
+	for _, k := range keys {
+		fmt.Fprintf(&b, "[[dkim.keys]]\ndomain = %q\nselector = %q\nkey_file = %q\n\n", k.Domain, k.Selector, k.KeyFile)
+	}
+	b.WriteString("[policy]\nallowed_from_domains = [\"*.example.com\"]\n")
+	return []byte(b.String())
 }
 
 // newDemoRelay starts the relay on the requested address, or on a free
