@@ -59,6 +59,13 @@ func tcpPeer(c *net.TCPConn) peer {
 	if !ok1 || !ok2 || !(client.Addr().IsLoopback() || client.Addr() == server.Addr()) {
 		return unknownPeer
 	}
+	if uid, found, err := sockDiagOwner(client, server); err == nil {
+		if found {
+			return peer{uid: uid}
+		}
+		return unknownPeer
+	}
+	// No sock_diag (an old or locked-down kernel): read the tables.
 	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
 		f, err := os.Open(table)
 		if err != nil {

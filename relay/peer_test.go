@@ -189,3 +189,53 @@ func TestPerUserLimit(t *testing.T) {
 		t.Errorf("rejected record = %v", rej[0])
 	}
 }
+
+// TestSockDiagMatchesProcTables: the netlink lookup and the /proc scan agree
+// on the owner of a real loopback connection, and neither finds a socket
+// that does not exist.
+func TestSockDiagMatchesProcTables(t *testing.T) {
+	t.Parallel()
+	for _, network := range []string{"tcp4", "tcp6"} {
+		host := "127.0.0.1"
+		if network == "tcp6" {
+			host = "[::1]"
+		}
+		ln, err := net.Listen(network, host+":0")
+		if err != nil {
+			t.Logf("%s: %v", network, err)
+			continue
+		}
+		defer ln.Close()
+		accepted := make(chan net.Conn, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err == nil {
+				accepted <- c
+			}
+		}()
+		client, err := net.Dial(network, ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		server := <-accepted
+		defer server.Close()
+		local, _ := addrPort(server.LocalAddr())
+		remote, _ := addrPort(server.RemoteAddr())
+
+		uid, found, err := sockDiagOwner(remote, local)
+		if err != nil {
+			t.Skipf("sock_diag unavailable here: %v", err)
+		}
+		if !found || uid != os.Geteuid() {
+			t.Errorf("%s: sock_diag owner = %d, %v; want %d", network, uid, found, os.Geteuid())
+		}
+		if got := tcpPeer(server.(*net.TCPConn)); got.uid != os.Geteuid() {
+			t.Errorf("%s: tcpPeer uid = %d", network, got.uid)
+		}
+		missing := netip.AddrPortFrom(remote.Addr(), remote.Port()+1)
+		if _, found, err := sockDiagOwner(missing, local); err != nil || found {
+			t.Errorf("%s: a socket that does not exist: found %v, err %v", network, found, err)
+		}
+	}
+}
