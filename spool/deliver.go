@@ -23,6 +23,9 @@ type Deliverer interface {
 	// is never dropped on a guess. An err implementing RetryAt() time.Time
 	// says the deliverer did not try at all (its upstream is in a backoff
 	// pause): the attempt is not counted and every delivery waits until then.
+	// If err also has PauseKey() string returning non-empty, only the
+	// messages whose attempts returned that key wait (several upstreams:
+	// a paused one must not hold back mail for another).
 	// id names the message, for the deliverer's own records.
 	Deliver(ctx context.Context, id ID, env Envelope, to []string, body io.Reader) (perRcpt []error, err error)
 }
@@ -64,6 +67,10 @@ type item struct {
 	busy    bool // with a worker
 	deleted bool // Delete was called while busy
 	flushed bool // Flush was called while busy
+	// pauseKey is the PauseKey of the last attempt's RetryAt error ("" for
+	// none): while that key is paused the scheduler moves the message back
+	// without handing it to a worker.
+	pauseKey string
 }
 
 type schedHeap []*item
@@ -120,6 +127,7 @@ func (s *Spool) Flush() {
 	now := s.now()
 	s.mu.Lock()
 	s.pausedUntil = time.Time{}
+	clear(s.keyPaused)
 	for _, it := range s.items {
 		if it.busy {
 			it.flushed = true
@@ -184,7 +192,7 @@ func (s *Spool) Run(ctx context.Context, d Deliverer) error {
 			for it := range jobs {
 				// The scheduler may have handed this message out just
 				// before another attempt paused the upstream.
-				if s.isPaused() {
+				if s.isPaused() || s.keyPausedFor(it) {
 					s.release(it, it.next)
 					continue
 				}
@@ -239,6 +247,14 @@ func (s *Spool) nextDue() (it *item, wait time.Duration, ok bool) {
 		return nil, s.pausedUntil.Sub(now), true
 	}
 	top := s.sched[0]
+	// Messages of a paused key are moved to the end of its pause, in
+	// memory; each moves at most once per pause, so the loop is bounded by
+	// the queue's length.
+	for top.pauseKey != "" && s.keyPaused[top.pauseKey].After(now) && !top.next.After(now) {
+		top.next = s.keyPaused[top.pauseKey]
+		heap.Fix(&s.sched, 0)
+		top = s.sched[0]
+	}
 	if top.next.After(now) {
 		return nil, top.next.Sub(now), true
 	}
@@ -316,10 +332,16 @@ func (s *Spool) attempt(ctx context.Context, d Deliverer, it *item) {
 		// pause): not an attempt, so neither counted nor recorded, and
 		// no other message is handed out before then either.
 		until := paused.RetryAt()
-		s.pause(until)
+		var keyed interface{ PauseKey() string }
+		if errors.As(aerr, &keyed) && keyed.PauseKey() != "" {
+			s.pauseKeyed(it, keyed.PauseKey(), until)
+		} else {
+			s.pause(until)
+		}
 		s.release(it, until)
 		return
 	}
+	it.pauseKey = ""
 	base := Event{ID: m.ID, Envelope: m.Envelope, Duration: now.Sub(start)}
 	if aerr == nil && len(perRcpt) != len(pending) {
 		aerr = fmt.Errorf("spool: deliverer returned %d results for %d recipients", len(perRcpt), len(pending))
@@ -513,6 +535,35 @@ func (s *Spool) pause(t time.Time) {
 		s.pausedUntil = t
 	}
 	s.mu.Unlock()
+}
+
+// pauseKeyed holds back, until t, it and every message whose attempt
+// returns the same key. Other messages are delivered meanwhile.
+func (s *Spool) pauseKeyed(it *item, key string, t time.Time) {
+	s.mu.Lock()
+	it.pauseKey = key
+	if s.keyPaused == nil {
+		s.keyPaused = map[string]time.Time{}
+	}
+	if t.After(s.keyPaused[key]) {
+		s.keyPaused[key] = t
+	}
+	// Forget pauses that are over, so the map holds only live keys.
+	now := s.now()
+	for k, until := range s.keyPaused {
+		if !until.After(now) {
+			delete(s.keyPaused, k)
+		}
+	}
+	s.mu.Unlock()
+}
+
+// keyPausedFor reports whether it belongs to a key paused right now.
+func (s *Spool) keyPausedFor(it *item) bool {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return it.pauseKey != "" && s.keyPaused[it.pauseKey].After(now)
 }
 
 // backoff returns the wait after the n-th failed attempt (n >= 1).

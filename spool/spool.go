@@ -127,6 +127,11 @@ type Spool struct {
 	// upstream cannot be reached before then (see Deliverer).
 	pausedUntil time.Time
 	ops         sync.WaitGroup // Puts, Deletes and Run in progress; Close waits for them
+
+	// keyPaused holds back only the messages whose last attempt was
+	// refused with that pause key (one upstream among several); see
+	// pauseKeyed in deliver.go.
+	keyPaused map[string]time.Time
 }
 
 // Open opens (creating it 0700 if needed) and locks the spool in dir. Only
