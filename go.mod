@@ -8,6 +8,7 @@ require (
 	github.com/emersion/go-sasl v0.0.0-20241020182733-b788ff22d5a6
 	github.com/emersion/go-smtp v0.25.1
 	github.com/lmittmann/tint v1.2.1
+	golang.org/x/oauth2 v0.38.0
 	golang.org/x/time v0.16.0
 )
 

@@ -53,6 +53,8 @@ Usage:
                                     inspect and steer the spool (mailq = queue list)
   sealpost sendmail [-t] [-i] [-f SENDER] [-F NAME] [-bs|-bp] [-config FILE] [RCPT…]
                                     submit a message from stdin, as sendmail does (also run as "sendmail")
+  sealpost oauth2 login [-config FILE] [-upstream NAME] [-out FILE]
+                                    obtain an OAuth2 refresh token by the device-code flow; written mode 0600
   sealpost version                  print the version and build information
 `
 
@@ -87,6 +89,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdQueue(rest, stdout, stderr)
 	case "sendmail":
 		return cmdSendmail(rest, os.Stdin, stdout, stderr)
+	case "oauth2":
+		return cmdOAuth2(rest, stdout, stderr)
 	case "version", "-version", "--version":
 		return cmdVersion(stdout)
 	case "help", "-h", "-help", "--help":

@@ -136,6 +136,7 @@ func Check(ctx context.Context, cfg *Config, opts CheckOptions) Report {
 	c.checkFiles()
 	c.checkDKIMKeys()
 	c.checkPolicy()
+	c.checkRewrite()
 	c.checkAudit()
 	c.checkBuild()
 	if opts.DNS {
@@ -258,6 +259,7 @@ func (c *checker) checkTLS() {
 	} else {
 		c.checkCAFile(u.CAFile)
 	}
+	c.checkPins(u.Pins)
 }
 
 func minVersionLabel(v uint16) string {
@@ -272,6 +274,26 @@ func minVersionLabel(v uint16) string {
 		return "TLS 1.3"
 	}
 	return fmt.Sprintf("TLS version %#04x", v)
+}
+
+// checkPins reports the key pins: well formed, and more than one so a key
+// rotation at the provider does not stop all mail.
+func (c *checker) checkPins(pins []string) {
+	if len(pins) == 0 {
+		return
+	}
+	for _, p := range pins {
+		if _, err := certs.ParsePin(p); err != nil {
+			c.fail("tls.pins", "", err.Error(), "write each pin as \"sha256/\" + base64 of the SHA-256 of the SubjectPublicKeyInfo")
+			return
+		}
+	}
+	if len(pins) == 1 {
+		c.warn("tls.pins", "", "one key pinned: when the provider rotates that key, mail stops until the pin is changed",
+			"pin a backup key or the issuing CA's key as well")
+		return
+	}
+	c.pass("tls.pins", "", fmt.Sprintf("%d key pins, well formed; checked after chain and host name verification", len(pins)))
 }
 
 func (c *checker) checkCAFile(path string) {
@@ -308,6 +330,10 @@ func (c *checker) checkSecrets(ctx context.Context) {
 	if u.Username == "" {
 		c.warn("secrets.source", "", "no upstream username: sealpost sends without AUTH",
 			"most providers require AUTH on submission: set upstream.username and a password source")
+		return
+	}
+	if u.OAuth2.Set() {
+		c.checkOAuth2Secrets(ctx, u)
 		return
 	}
 	src := upstream.SecretSource{File: u.PasswordFile, Env: u.PasswordEnv, Command: u.PasswordCommand, Credential: u.Credential,

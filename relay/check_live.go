@@ -117,9 +117,9 @@ func errString(err error) string {
 	return err.Error()
 }
 
-// newProbeClient builds the upstream client the probe uses; unlike
-// newUpstreamClient it does not load the secret up front, so a broken
-// secret shows as a live.auth finding rather than no probe at all.
+// newProbeClient builds the upstream client the probe uses; unlike the
+// relay's clients it does not load the secret up front, so a broken secret
+// shows as a live.auth finding rather than no probe at all.
 func (c *checker) newProbeClient(cfg *Config) (*upstream.Client, error) {
 	u := cfg.Upstream
 	tlsConf, err := cfg.ClientTLS()
@@ -127,20 +127,19 @@ func (c *checker) newProbeClient(cfg *Config) (*upstream.Client, error) {
 		return nil, fmt.Errorf("upstream TLS: %w", err)
 	}
 	var secret func(context.Context) (upstream.Secret, error)
-	if u.Username != "" {
+	var refused func(upstream.Secret)
+	if o := u.OAuth2; o.Set() {
+		// The probe gets a real access token: that is what -live tests.
+		tokens, err := upstream.NewOAuth2Tokens(upstream.OAuth2Config{Flow: o.Flow, TokenURL: o.TokenURL, ClientID: o.ClientID, Scopes: o.Scopes,
+			ClientSecret: o.ClientSecret(), RefreshToken: o.RefreshToken()})
+		if err != nil {
+			return nil, err
+		}
+		secret, refused = tokens.Secret, tokens.Refused
+	} else if u.Username != "" {
 		src := upstream.SecretSource{File: u.PasswordFile, Env: u.PasswordEnv, Command: u.PasswordCommand, Credential: u.Credential,
 			CommandTimeout: c.opts.Timeout, Getenv: c.opts.Getenv}
 		secret = src.Load
 	}
-	return upstream.NewClient(upstream.Config{
-		Addr:           u.Addr,
-		TLSMode:        u.TLS,
-		TLS:            tlsConf,
-		Hostname:       cfg.Hostname,
-		Username:       u.Username,
-		Auth:           upstream.Mechanism(u.Auth),
-		Secret:         secret,
-		DialTimeout:    time.Duration(u.DialTimeout),
-		CommandTimeout: time.Duration(u.CommandTimeout),
-	})
+	return upstream.NewClient(clientConfig(cfg.Hostname, u, tlsConf, secret, refused))
 }

@@ -43,6 +43,12 @@ type Config struct {
 	// Check holds settings only `sealpost check` reads.
 	Check CheckConfig `toml:"check"`
 
+	// Upstreams are named upstreams beside [upstream], with the same keys;
+	// Routes pick one by envelope sender (config_upstreams.go).
+	Upstreams map[string]UpstreamConfig `toml:"upstreams"`
+	Routes    []RouteConfig             `toml:"routes"`
+	Rewrite   RewriteConfig             `toml:"rewrite"`
+
 	// Path is the file the configuration came from ("" when built in code).
 	Path string `toml:"-"`
 }
@@ -73,6 +79,9 @@ type UpstreamConfig struct {
 	TLS           string     `toml:"tls"`
 	MinTLSVersion TLSVersion `toml:"min_tls_version"`
 	CAFile        string     `toml:"ca_file"`
+	// Pins optionally narrow trust to certificates with these public keys
+	// ("sha256/BASE64"); chain and host name are verified as always.
+	Pins []string `toml:"pins"`
 	// ServerName overrides the host name the certificate is checked
 	// against (default: the host part of addr).
 	ServerName      string   `toml:"server_name"`
@@ -95,6 +104,19 @@ type UpstreamConfig struct {
 	// Password exists only so that a literal password in the file is
 	// recognised and refused with a pointer to the safe sources.
 	Password string `toml:"password"`
+
+	// Provider fills addr, tls, auth and OAuth2 endpoints from a preset
+	// (presets.go); keys set in the file win. Region completes the
+	// address for providers with regional endpoints (ses).
+	Provider string `toml:"provider"`
+	Region   string `toml:"region"`
+	// OAuth2 is where XOAUTH2/OAUTHBEARER access tokens come from.
+	OAuth2 OAuth2Config `toml:"oauth2"`
+	// Rate paces deliveries through this upstream ("30/m"); 0 = no pacing.
+	Rate Rate `toml:"rate"`
+	// Failover names the upstreams tried, in order, when this one cannot
+	// be reached or fails TLS.
+	Failover []string `toml:"failover"`
 }
 
 type SpoolConfig struct {
@@ -289,6 +311,14 @@ func ParseConfig(name string, src []byte) (*Config, error) {
 		return nil, &ConfigError{File: name, Line: locateKey(src, k), Key: k, Msg: "unknown key (see relay.example.toml for the valid ones)"}
 	}
 	cfg.Path = name
+	if err := cfg.applyUpstreamDefaults(md); err != nil {
+		var ce *ConfigError
+		if errors.As(err, &ce) {
+			ce.File = name
+			ce.Line = locateKey(src, ce.Key)
+		}
+		return nil, err
+	}
 	if err := cfg.validate(); err != nil {
 		var ce *ConfigError
 		if errors.As(err, &ce) {
@@ -366,13 +396,18 @@ func (c *Config) validate() error {
 	default:
 		return fieldErr("upstream.tls", "%q: use \"starttls\" (port 587) or \"implicit\" (port 465)", u.TLS)
 	}
+	for _, p := range u.Pins {
+		if _, err := certs.ParsePin(p); err != nil {
+			return fieldErr("upstream.pins", "%v", err)
+		}
+	}
 	if u.Password != "" {
 		return fieldErr("upstream.password", "a password in the configuration file is refused: use password_file (mode 0600), password_env, password_command or a systemd credential")
 	}
 	switch u.Auth {
-	case "", "plain", "login", "xoauth2":
+	case "", "plain", "login", "xoauth2", "oauthbearer":
 	default:
-		return fieldErr("upstream.auth", "%q: use \"plain\", \"login\" or \"xoauth2\"", u.Auth)
+		return fieldErr("upstream.auth", "%q: use \"plain\", \"login\", \"xoauth2\" or \"oauthbearer\"", u.Auth)
 	}
 	sources := 0
 	for _, set := range []bool{u.PasswordFile != "", u.PasswordEnv != "", len(u.PasswordCommand) > 0, u.Credential != ""} {
@@ -381,7 +416,7 @@ func (c *Config) validate() error {
 		}
 	}
 	switch {
-	case u.Username != "" && sources == 0:
+	case u.Username != "" && sources == 0 && !u.OAuth2.Set():
 		return fieldErr("upstream.username", "set; give the secret through exactly one of password_file, password_env, password_command or credential")
 	case sources > 1:
 		return fieldErr("upstream.password_file", "more than one secret source is set: keep exactly one of password_file, password_env, password_command, credential")
@@ -489,6 +524,9 @@ func (c *Config) validate() error {
 	if err := c.Metrics.validate(); err != nil {
 		return err
 	}
+	if err := c.validateUpstreams(); err != nil {
+		return err
+	}
 	for _, ip := range c.Check.UpstreamIPs {
 		if _, err := netip.ParseAddr(ip); err != nil {
 			return fieldErr("check.upstream_ips", "%q is not an IP address (list addresses, e.g. [\"192.0.2.10\", \"2001:db8::10\"])", ip)
@@ -567,6 +605,7 @@ func (c *Config) ClientTLS() (*tls.Config, error) {
 		ServerName: c.UpstreamHost(),
 		CAFile:     c.Upstream.CAFile,
 		MinVersion: uint16(c.Upstream.MinTLSVersion),
+		Pins:       c.Upstream.Pins,
 	})
 }
 

@@ -129,7 +129,7 @@ func (r *Relay) handleControl(c net.Conn) ControlReply {
 	var rep ControlReply
 	switch req.Op {
 	case "flush":
-		r.pool.RetryNow()
+		r.routes.retryNow()
 		r.spool.Flush()
 		r.log.LogAttrs(context.Background(), slog.LevelInfo, "queue flushed on request", who...)
 		rep.OK = true

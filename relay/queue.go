@@ -2,32 +2,10 @@ package relay
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"sync"
 	"time"
-
-	"sealpost/upstream"
 )
-
-// upstreamSender is what the deliverer needs of the upstream: a
-// *upstream.Pool in the daemon, a bare *upstream.Client where one
-// connection per message is wanted.
-type upstreamSender interface {
-	Deliver(ctx context.Context, msg upstream.Message, body io.Reader) ([]error, upstream.DeliveryInfo, error)
-}
-
-// newUpstreamPool puts the connection limits and the per-upstream backoff
-// in front of c. The backoff follows spool.retry_intervals: a dead upstream
-// gets one connection attempt per interval while every queued message waits
-// without its attempts being counted.
-func newUpstreamPool(cfg *Config, c *upstream.Client) *upstream.Pool {
-	return upstream.NewPool(c, upstream.PoolConfig{
-		MaxConnections:           cfg.Upstream.MaxConnections,
-		MaxMessagesPerConnection: cfg.Upstream.MaxMessagesPerConnection,
-		Backoff:                  durations(cfg.Spool.RetryIntervals),
-	})
-}
 
 // failedCleanInterval is how often failed/ is pruned; keep_failed is days,
 // so an hour's slack does not matter and costs nothing.

@@ -60,6 +60,7 @@ type Relay struct {
 	ops ops // metrics, health and the audit file (ops.go)
 
 	pool    *upstream.Pool // connections to the upstream, with its backoff
+	routes  *router        // every upstream, routes and failover (route.go); routes.def is upstream/pool
 	control net.Listener   // queue commands; nil when not configured
 }
 
@@ -95,11 +96,12 @@ func New(cfg *Config, opts Options) (_ *Relay, err error) {
 		return nil, err
 	}
 
-	if r.upstream, err = newUpstreamClient(cfg); err != nil {
+	r.clock = opts.Clock
+	if r.routes, err = newRouter(cfg, r.log, r.now, r.liveRoutes); err != nil {
 		return nil, err
 	}
-	r.pool = newUpstreamPool(cfg, r.upstream)
-	r.clock = opts.Clock
+	r.upstream, r.pool = r.routes.def.client, r.routes.def.pool
+	r.routes.registerMetrics(r.ops.metrics.registry())
 	live, err := r.loadPolicy(cfg)
 	if err != nil {
 		return nil, err
@@ -222,6 +224,9 @@ func restartOnly(old, cur *Config) []string {
 	if fmt.Sprint(old.Upstream) != fmt.Sprint(cur.Upstream) {
 		keys = append(keys, "upstream")
 	}
+	if fmt.Sprint(old.Upstreams) != fmt.Sprint(cur.Upstreams) {
+		keys = append(keys, "upstreams") // routes and rewrite apply on reload
+	}
 	if fmt.Sprint(old.Spool) != fmt.Sprint(cur.Spool) {
 		keys = append(keys, "spool")
 	}
@@ -298,7 +303,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	defer endDeliveries()
 	deliveryDone := make(chan error, 1)
 	go func() {
-		d := &upstreamDeliverer{client: r.pool, audit: r.audit, addr: r.cfg.Upstream.Addr, hardStop: hardStop}
+		d := &routingDeliverer{rt: r.routes, audit: r.audit, log: r.log, rewrite: r.liveRewrite, hardStop: hardStop}
 		deliveryDone <- r.spool.Run(deliverCtx, d)
 	}()
 
@@ -334,7 +339,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		runErr = err
 	}
 	stopQueueHelpers()
-	r.pool.Close()
+	r.routes.close()
 	r.stopMetrics(shutdownCtx)
 	if err := r.spool.Close(); err != nil && runErr == nil {
 		runErr = err

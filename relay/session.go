@@ -125,6 +125,7 @@ func (s *session) Data(r io.Reader) error {
 
 	id := s.r.spool.NewID()
 	messageID := s.editHeader(h, id, start)
+	s.rewriteHeader(live, h) // before signing: the signature covers the new From
 	signer, err := signerFor(live, h, start)
 	if err != nil {
 		return s.dataFailed(err, counted.n)

@@ -27,6 +27,8 @@ const (
 	MechanismPlain   Mechanism = "plain"
 	MechanismLogin   Mechanism = "login"
 	MechanismXOAUTH2 Mechanism = "xoauth2"
+	// MechanismOAuthBearer is RFC 7628's standard form of XOAUTH2.
+	MechanismOAuthBearer Mechanism = "oauthbearer"
 )
 
 // Defaults for Config's zero values.
@@ -57,6 +59,10 @@ type Config struct {
 	// called once per Deliver so rotated secrets and refreshed tokens are
 	// used without a restart. Nil means no AUTH.
 	Secret func(ctx context.Context) (Secret, error)
+	// TokenRefused, when set (OAuth2 token sources), is told of an access
+	// token the server refused; the connection is then retried once with
+	// the token Secret returns next.
+	TokenRefused func(Secret)
 	// DialTimeout bounds the TCP connect; default 30s.
 	DialTimeout time.Duration
 	// CommandTimeout bounds each command's reply and the TLS handshake;
@@ -141,9 +147,9 @@ func NewClient(cfg Config) (*Client, error) {
 	}
 	cfg.Auth = Mechanism(strings.ToLower(string(cfg.Auth)))
 	switch cfg.Auth {
-	case MechanismAuto, MechanismPlain, MechanismLogin, MechanismXOAUTH2:
+	case MechanismAuto, MechanismPlain, MechanismLogin, MechanismXOAUTH2, MechanismOAuthBearer:
 	default:
-		return nil, fmt.Errorf("upstream: unknown auth mechanism %q: use plain, login or xoauth2", cfg.Auth)
+		return nil, fmt.Errorf("upstream: unknown auth mechanism %q: use plain, login, xoauth2 or oauthbearer", cfg.Auth)
 	}
 
 	if cfg.DialTimeout <= 0 {
@@ -174,20 +180,9 @@ func (c *Client) Deliver(ctx context.Context, msg Message, body io.Reader) (perR
 	if len(msg.To) == 0 {
 		return nil, info, &Error{Op: "rcpt", Err: errors.New("message has no recipients")}
 	}
-	var secret Secret
-	if c.cfg.Secret != nil {
-		// Loaded before dialling so a broken secret source does not hold a
-		// connection to the upstream open.
-		secret, err = c.cfg.Secret(ctx)
-		if err == nil && secret.IsZero() {
-			err = errors.New("the secret is empty")
-		}
-		if err != nil {
-			return nil, info, &Error{Op: "auth", Message: "loading the upstream password", Err: err}
-		}
-	}
-
-	s, err := c.open(ctx, secret)
+	// The secret is loaded before dialling so a broken secret source does
+	// not hold a connection to the upstream open.
+	s, err := c.openWithSecret(ctx)
 	if s != nil {
 		defer s.close()
 		info.TLSVersion, info.CipherSuite = s.tlsInfo()

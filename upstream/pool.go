@@ -278,19 +278,31 @@ func (p *Pool) Idle() int {
 }
 
 // openWithSecret loads the secret and opens a session, as Deliver does.
+// An OAuth2 access token the server refuses (revoked, or expired early)
+// is replaced once; see openRetryingToken in oauth2_client.go.
 func (c *Client) openWithSecret(ctx context.Context) (*session, error) {
-	var secret Secret
-	if c.cfg.Secret != nil {
-		var err error
-		secret, err = c.cfg.Secret(ctx)
-		if err == nil && secret.IsZero() {
-			err = errors.New("the secret is empty")
-		}
-		if err != nil {
-			return nil, &Error{Op: "auth", Message: "loading the upstream password", Err: err}
-		}
+	if c.cfg.TokenRefused != nil {
+		return c.openRetryingToken(ctx)
+	}
+	secret, err := c.loadSecret(ctx)
+	if err != nil {
+		return nil, err
 	}
 	return c.open(ctx, secret)
+}
+
+func (c *Client) loadSecret(ctx context.Context) (Secret, error) {
+	if c.cfg.Secret == nil {
+		return Secret{}, nil
+	}
+	secret, err := c.cfg.Secret(ctx)
+	if err == nil && secret.IsZero() {
+		err = errors.New("the secret is empty")
+	}
+	if err != nil {
+		return Secret{}, &Error{Op: "auth", Message: "loading the upstream password", Err: err}
+	}
+	return secret, nil
 }
 
 // reset starts a new transaction on a reused connection; an error means

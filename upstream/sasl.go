@@ -32,6 +32,23 @@ func (a *xoauth2Client) Next(challenge []byte) ([]byte, error) {
 	return []byte{}, nil
 }
 
+// oauthBearerClient answers a refusal the way RFC 7628 section 3.2.3
+// asks (a single 0x01), so the server ends with its final 535 and the
+// failure reads as a refused credential; go-sasl's client aborts with "*"
+// instead, which servers answer with 501.
+type oauthBearerClient struct {
+	sasl.Client
+	serverError []byte
+}
+
+func (a *oauthBearerClient) Next(challenge []byte) ([]byte, error) {
+	if a.serverError != nil {
+		return nil, errors.New("OAUTHBEARER: unexpected second challenge")
+	}
+	a.serverError = append([]byte{}, challenge...)
+	return []byte{0x01}, nil
+}
+
 func xoauth2Response(user, token string) string {
 	return "user=" + user + "\x01auth=Bearer " + token + "\x01\x01"
 }
@@ -49,6 +66,11 @@ func saslClient(mech Mechanism, user string, secret Secret) (sasl.Client, []stri
 	case MechanismXOAUTH2:
 		c = &xoauth2Client{user: user, token: pw}
 		wire = []string{xoauth2Response(user, pw)}
+	case MechanismOAuthBearer:
+		ob := &oauthBearerClient{Client: sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{Username: user, Token: pw})}
+		_, ir, _ := ob.Start()
+		c = ob
+		wire = []string{string(ir)}
 	default:
 		c = sasl.NewPlainClient("", user, pw)
 		wire = []string{"\x00" + user + "\x00" + pw}

@@ -229,6 +229,9 @@ func (s *session) auth(ctx context.Context, secret Secret) error {
 		if x, ok := client.(*xoauth2Client); ok && len(x.serverError) > 0 {
 			rejected = fmt.Errorf("%w; server said %s", rejected, scrub(string(x.serverError), sensitive))
 		}
+		if x, ok := client.(*oauthBearerClient); ok && len(x.serverError) > 0 {
+			rejected = fmt.Errorf("%w; server said %s", rejected, scrub(string(x.serverError), sensitive))
+		}
 		e.Err = rejected
 	}
 	return e

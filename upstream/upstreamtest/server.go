@@ -132,6 +132,8 @@ type Server struct {
 	commands []Command
 	messages []Received
 	changed  chan struct{} // closed and replaced whenever messages grows
+
+	tokens map[string]string // SetToken's replacements for Options.Tokens
 }
 
 // NewServer starts a server on 127.0.0.1 with a free port.
@@ -262,7 +264,7 @@ func (s *Server) mechanisms() []string {
 		m = append(m, sasl.Plain, sasl.Login)
 	}
 	if s.opts.Tokens != nil {
-		m = append(m, "XOAUTH2")
+		m = append(m, "XOAUTH2", "OAUTHBEARER")
 	}
 	return m
 }

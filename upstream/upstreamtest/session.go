@@ -91,15 +91,19 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 			succeed(user)
 			return nil
 		}}, nil
-	case "XOAUTH2":
-		return &xoauth2Server{check: func(user, token string) bool {
-			want, ok := tokens[user]
+	case "XOAUTH2", "OAUTHBEARER":
+		check := func(user, token string) bool {
+			want, ok := s.s.token(user, tokens)
 			if ok && want == token {
 				succeed(user)
 				return true
 			}
 			return false
-		}}, nil
+		}
+		if mech == "OAUTHBEARER" {
+			return &oauthBearerServer{check: check}, nil
+		}
+		return &xoauth2Server{check: check}, nil
 	}
 	return nil, smtp.ErrAuthUnknownMechanism
 }

@@ -1,0 +1,314 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"sealpost/certs/certstest"
+	"sealpost/policy"
+	"sealpost/spool"
+	"sealpost/upstream"
+	"sealpost/upstream/upstreamtest"
+)
+
+// closedAddr is a loopback address nobody listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// namedUpstream is [upstream]'s settings (CA, credentials) at another
+// address.
+func namedUpstream(cfg *Config, addr string, failover ...string) UpstreamConfig {
+	u := cfg.Upstream
+	u.Addr = addr
+	u.Failover = failover
+	return u
+}
+
+func revalidate(t *testing.T, cfg *Config) {
+	t.Helper()
+	if err := cfg.validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRoutingAndFailover: mail is routed by envelope sender; when the
+// routed upstream is down or presents a certificate that does not verify,
+// the next one in its failover list carries the message, and the audit
+// record names the upstream used.
+func TestRoutingAndFailover(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	good := tlsUpstream(t, ca)
+	billing := tlsUpstream(t, ca)
+	// A certificate from another CA: the TLS check fails.
+	badCert := upstreamtest.New(t, upstreamtest.Options{
+		TLS:         upstreamtest.TLSStartTLS,
+		Certificate: certstest.Leaf(t, certstest.NewCA(t), "127.0.0.1", "localhost"),
+		Users:       map[string]string{testUser: testPassword},
+	})
+
+	cfg := newTestConfig(t, ca, closedAddr(t)) // [upstream] is down
+	cfg.Upstream.Failover = []string{"backup"}
+	cfg.Upstreams = map[string]UpstreamConfig{
+		"backup":   namedUpstream(cfg, good.Addr()),
+		"billing":  namedUpstream(cfg, billing.Addr()),
+		"untested": namedUpstream(cfg, badCert.Addr(), "backup"),
+	}
+	cfg.Routes = []RouteConfig{
+		{Sender: "*@billing.example.com", Upstream: "billing"},
+		{Sender: "*@new.example.com", Upstream: "untested"},
+	}
+	revalidate(t, cfg)
+	env := startRelay(t, cfg, nil)
+
+	for _, from := range []string{"app@example.com", "invoices@billing.example.com", "app@new.example.com"} {
+		body := "From: " + from + "\r\nTo: a@example.org\r\nSubject: routing\r\n\r\nhi\r\n"
+		if _, err := send(t, env.addr, from, []string{"a@example.org"}, body); err != nil {
+			t.Fatalf("send from %s: %v", from, err)
+		}
+	}
+	recs := env.logs.waitRecord(t, "delivered", 3)
+	got := map[string]string{}
+	for _, r := range recs {
+		got[r["mail_from"].(string)] = r["upstream_name"].(string)
+	}
+	want := map[string]string{"app@example.com": "backup", "invoices@billing.example.com": "billing", "app@new.example.com": "backup"}
+	for from, name := range want {
+		if got[from] != name {
+			t.Errorf("mail from %s went through %q, want %q (records: %v)", from, got[from], name, got)
+		}
+	}
+	good.Expect(t, 2)
+	billing.Expect(t, 1)
+	noCommandsAfterConnect(t, badCert)
+	if n := len(badCert.Messages()); n != 0 {
+		t.Errorf("the upstream with the bad certificate got %d messages", n)
+	}
+	if !strings.Contains(env.logs.String(), "trying the next in its failover list") {
+		t.Errorf("failover not logged:\n%s", env.logs.String())
+	}
+}
+
+// TestRewriteFromBeforeSigning: with header_from = "always" the delivered
+// message carries the account as From (display name kept), the original
+// in Reply-To and X-Original-From, and a DKIM signature that verifies.
+func TestRewriteFromBeforeSigning(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	up := tlsUpstream(t, ca)
+	cfg := newTestConfig(t, ca, up.Addr())
+	k := newTestKeys(t)
+	setup := keySetups(t, k)[0] // rsa2048 for example.com, the account's domain
+	cfg.DKIM = setup.cfg
+	cfg.DKIM.Unsigned = "reject"
+	cfg.Rewrite.HeaderFrom = RewriteAlways
+	cfg.Rewrite.EnvelopeFrom = "account"
+	revalidate(t, cfg)
+	env := startRelay(t, cfg, nil)
+
+	const from = "billing@apps.example.com"
+	body := "From: \"Billing Robot\" <" + from + ">\r\nTo: a@example.org\r\nSubject: invoice\r\n\r\nhello\r\n"
+	if _, err := send(t, env.addr, from, []string{"a@example.org"}, body); err != nil {
+		t.Fatal(err)
+	}
+	msg := up.Expect(t, 1)[0]
+	if msg.From != testUser {
+		t.Errorf("MAIL FROM = %q, want the account %q", msg.From, testUser)
+	}
+	data := string(msg.Data)
+	for _, want := range []string{
+		"From: \"Billing Robot\" <" + testUser + ">\r\n",
+		"Reply-To: \"Billing Robot\" <" + from + ">\r\n",
+		"X-Original-From: \"Billing Robot\" <" + from + ">\r\n",
+	} {
+		if !strings.Contains(data, want) {
+			t.Errorf("delivered message lacks %q:\n%s", want, data)
+		}
+	}
+	for i, err := range verifyGo(t, msg.Data, setup.records) {
+		if err != nil {
+			t.Errorf("DKIM signature %d does not verify: %v", i, err)
+		}
+	}
+	// The queued envelope kept the original sender: a bounce reaches it.
+	rec := env.logs.waitRecord(t, "delivered", 1)[0]
+	if rec["mail_from"] != from {
+		t.Errorf("audit mail_from = %v, want the original %s", rec["mail_from"], from)
+	}
+}
+
+func TestRewriteFromModes(t *testing.T) {
+	t.Parallel()
+	const account = "relay@example.com"
+	tests := []struct {
+		name, mode, from string
+		allowed          []string
+		replyTo          string
+		wantFrom         string
+		wantReplyTo      string
+	}{
+		{"never", RewriteNever, "A <a@example.org>", nil, "", "A <a@example.org>", ""},
+		{"always", RewriteAlways, "A <a@example.org>", nil, "", `"A" <relay@example.com>`, "A <a@example.org>"},
+		{"keeps reply-to", RewriteAlways, "A <a@example.org>", nil, "r@example.org", `"A" <relay@example.com>`, "r@example.org"},
+		{"allowed", RewriteIfNotAllowed, "A <a@example.org>", []string{"*@example.org"}, "", "A <a@example.org>", ""},
+		{"account itself", RewriteIfNotAllowed, "Me <RELAY@example.com>", nil, "", "Me <RELAY@example.com>", ""},
+		{"not allowed", RewriteIfNotAllowed, "a@example.org", nil, "", "<relay@example.com>", "a@example.org"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var h policy.Header
+			h.Add("From", tt.from)
+			if tt.replyTo != "" {
+				h.Add("Reply-To", tt.replyTo)
+			}
+			if tt.mode != RewriteNever {
+				rewriteFrom(&h, RewriteConfig{HeaderFrom: tt.mode, AllowedFrom: tt.allowed}, account)
+			}
+			if got, _ := h.Get("From"); got != tt.wantFrom {
+				t.Errorf("From = %q, want %q", got, tt.wantFrom)
+			}
+			if got, _ := h.Get("Reply-To"); got != tt.wantReplyTo {
+				t.Errorf("Reply-To = %q, want %q", got, tt.wantReplyTo)
+			}
+		})
+	}
+}
+
+// TestPacingUnderABurst: a burst of mail routed to an upstream with rate
+// "30/m" goes out one message per 2s of (fake) time, however many wait;
+// meanwhile mail for another upstream is not held back.
+func TestPacingUnderABurst(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	slowUp, fastUp := tlsUpstream(t, ca), tlsUpstream(t, ca)
+	cfg := newTestConfig(t, ca, fastUp.Addr())
+	slow := namedUpstream(cfg, slowUp.Addr())
+	slow.Rate = Rate{Events: 30, Per: time.Minute}
+	cfg.Upstreams = map[string]UpstreamConfig{"slow": slow}
+	cfg.Routes = []RouteConfig{{Sender: "*@bulk.example.com", Upstream: "slow"}}
+	revalidate(t, cfg)
+
+	clock := &fakeClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	logs := &syncBuffer{}
+	log := NewLogger(logs, cfg.Log)
+	rt, err := newRouter(cfg, log, clock.Now, func() []RouteConfig { return cfg.Routes })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rt.close)
+	sp, err := spool.Open(t.TempDir(), spool.Options{Workers: 4, Now: clock.Now, Backoff: []time.Duration{time.Hour}, MaxAge: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const burst = 8
+	for range burst {
+		putMsg(t, sp, "news@bulk.example.com")
+	}
+	d := &routingDeliverer{rt: rt, audit: newAuditLog(log), log: log, hardStop: context.Background()}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sp.Run(ctx, d) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		sp.Close()
+	})
+
+	for i := 1; i <= burst; i++ {
+		slowUp.Expect(t, i)
+		if i == 2 {
+			// Mail for the unpaced upstream flows while "slow" waits.
+			for range 3 {
+				putMsg(t, sp, "app@example.com")
+			}
+			fastUp.Expect(t, 3)
+		}
+		// Without time passing nothing more goes out, however often the
+		// queue is kicked.
+		for range 10 {
+			sp.Kick()
+			time.Sleep(time.Millisecond)
+		}
+		if n := len(slowUp.Messages()); n != i {
+			t.Fatalf("%d messages out after %v of fake time, want %d (one per 2s)", n, time.Duration(i-1)*2*time.Second, i)
+		}
+		clock.Advance(2 * time.Second)
+		sp.Kick()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		left, err := sp.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d messages still queued", len(left))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func putMsg(t *testing.T, sp *spool.Spool, from string) {
+	t.Helper()
+	body := "From: " + from + "\r\nTo: a@example.org\r\nSubject: x\r\n\r\nhi\r\n"
+	if _, err := sp.Put(context.Background(), spool.Envelope{From: from, To: []string{"a@example.org"}}, strings.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPacer(t *testing.T) {
+	t.Parallel()
+	p := &pacer{interval: 2 * time.Second}
+	t0 := time.Unix(1e9, 0)
+	if ok, _ := p.take(t0); !ok {
+		t.Fatal("first take refused")
+	}
+	if ok, at := p.take(t0.Add(time.Second)); ok || !at.Equal(t0.Add(2*time.Second)) {
+		t.Fatalf("second take within the interval = %v, %v", ok, at)
+	}
+	if ok, _ := p.take(t0.Add(2 * time.Second)); !ok {
+		t.Fatal("take after the interval refused")
+	}
+	// An idle upstream does not bank tokens for a burst later.
+	if ok, _ := p.take(t0.Add(time.Hour)); !ok {
+		t.Fatal("take after idling refused")
+	}
+	if ok, _ := p.take(t0.Add(time.Hour + time.Second)); ok {
+		t.Fatal("idle time was banked as a burst")
+	}
+}
+
+func TestUnreachableClassification(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		err  error
+		want bool
+	}{
+		{&upstream.Error{Op: "dial", Err: errors.New("refused")}, true},
+		{&upstream.Error{Op: "tls", Err: &upstream.TLSError{Check: upstream.CheckUntrusted}}, true},
+		{&upstream.BackoffError{Until: time.Now()}, true},
+		{&upstream.Error{Op: "auth", Code: 535}, false},
+		{&upstream.Error{Op: "mail", Code: 550}, false},
+		{&upstream.Error{Op: "data", Err: errors.New("reset")}, false},
+	} {
+		if got := unreachable(tt.err); got != tt.want {
+			t.Errorf("unreachable(%v) = %v, want %v", tt.err, got, tt.want)
+		}
+	}
+}
