@@ -182,6 +182,19 @@ func (s *Spool) Run(ctx context.Context, d Deliverer) error {
 		}
 	}()
 
+	// The queue of earlier processes is scheduled once Open's recovery
+	// has loaded it.
+	if s.recovered != nil {
+		select {
+		case <-s.recovered:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	if err := s.waitRecovered(); err != nil {
+		return err
+	}
+
 	// Unbuffered: a message leaves the heap only when a worker is free to
 	// take it, so the heap stays the single place that decides order.
 	jobs := make(chan *item)

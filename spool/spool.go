@@ -10,9 +10,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -132,12 +134,22 @@ type Spool struct {
 	// refused with that pause key (one upstream among several); see
 	// pauseKeyed in deliver.go.
 	keyPaused map[string]time.Time
+
+	// recovered is closed when Open's recovery of what was queued before
+	// has finished; recoverErr is its outcome. Put works before that, Run
+	// and List wait for it.
+	recovered  chan struct{}
+	recoverErr error
 }
 
 // Open opens (creating it 0700 if needed) and locks the spool in dir. Only
 // one process may have a spool open; a second Open fails with ErrLocked.
-// Open removes leftovers of interrupted writes, quarantines what cannot be
-// decoded (each reported as an Event) and loads the queue for Run.
+// Open lists what was queued before and returns; in the background it then
+// removes leftovers of interrupted writes, quarantines what cannot be
+// decoded (each reported as an Event) and loads the queue for Run. Reading
+// every message's metadata takes seconds for a large queue, and a restarted
+// relay must accept new mail at once: Put works right away, Run and List
+// wait for the recovery.
 func Open(dir string, opts Options) (*Spool, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
@@ -170,11 +182,56 @@ func Open(dir string, opts Options) (*Spool, error) {
 	if s.lock, err = lockDir(filepath.Join(dir, "lock")); err != nil {
 		return nil, err
 	}
-	if err := s.recover(); err != nil {
+	// The listings are taken before any Put of this process can add to
+	// them, so the recovery only ever judges files of earlier processes.
+	snap, err := s.snapshot()
+	if err != nil {
 		s.lock.Close()
 		return nil, err
 	}
+	s.recovered = make(chan struct{})
+	s.ops.Add(1)
+	go func() {
+		defer s.ops.Done()
+		defer close(s.recovered)
+		s.recoverErr = s.recover(snap)
+		s.Kick()
+	}()
 	return s, nil
+}
+
+// waitRecovered waits for Open's recovery (at once for a ReadOnly spool).
+func (s *Spool) waitRecovered() error {
+	if s.recovered == nil {
+		return nil
+	}
+	<-s.recovered
+	return s.recoverErr
+}
+
+// recoverySnapshot is what was in the spool when Open took it.
+type recoverySnapshot struct {
+	tmps, metas  []fs.DirEntry
+	bodies       map[string]bool
+	failedBodies map[string]bool
+}
+
+func (s *Spool) snapshot() (recoverySnapshot, error) {
+	var snap recoverySnapshot
+	var err error
+	if snap.tmps, err = s.fs.ReadDir(s.path(dirTmp, "")); err != nil {
+		return snap, fmt.Errorf("spool: read %s: %w", dirTmp, err)
+	}
+	if snap.bodies, err = s.nameSet(dirBody); err != nil {
+		return snap, err
+	}
+	if snap.failedBodies, err = s.nameSet(dirFailed); err != nil {
+		return snap, err
+	}
+	if snap.metas, err = s.fs.ReadDir(s.path(dirQueue, "")); err != nil {
+		return snap, fmt.Errorf("spool: read %s: %w", dirQueue, err)
+	}
+	return snap, nil
 }
 
 // Close stops Run (as if its context were cancelled), waits for Puts and
@@ -460,22 +517,38 @@ type prefixedBody struct {
 // disk, so it also works ReadOnly; entries that vanish or cannot be decoded
 // meanwhile are skipped (Open and Run quarantine the latter).
 func (s *Spool) List() ([]*Message, error) {
+	if err := s.waitRecovered(); err != nil {
+		return nil, err
+	}
 	entries, err := s.fs.ReadDir(s.path(dirQueue, ""))
 	if err != nil {
 		return nil, fmt.Errorf("spool: list: %w", err)
 	}
-	var out []*Message
+	var ids []ID
 	for _, e := range entries {
-		id, ok := idFromName(e.Name(), extMeta)
-		if !ok || e.IsDir() {
-			continue
+		if id, ok := idFromName(e.Name(), extMeta); ok && !e.IsDir() {
+			ids = append(ids, id)
 		}
-		m, err := s.Get(id)
-		if err != nil {
-			continue
-		}
-		out = append(out, m)
 	}
+	// Reading the metadata is a file open and a JSON decode each; spread
+	// over the cores, `queue list` of 100,000 messages stays within a few
+	// seconds.
+	found := make([]*Message, len(ids))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(len(ids), 4*runtime.GOMAXPROCS(0)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < len(ids); i = int(next.Add(1) - 1) {
+				if m, err := s.Get(ids[i]); err == nil {
+					found[i] = m
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	out := slices.DeleteFunc(found, func(m *Message) bool { return m == nil })
 	slices.SortFunc(out, func(a, b *Message) int { return cmpID(a.ID, b.ID) })
 	return out, nil
 }
@@ -541,14 +614,11 @@ func (s *Spool) removeFiles(id ID) error {
 
 // recover brings the directory to a consistent state after a crash and
 // loads the queue.
-func (s *Spool) recover() error {
-	tmps, err := s.fs.ReadDir(s.path(dirTmp, ""))
-	if err != nil {
-		return fmt.Errorf("spool: read %s: %w", dirTmp, err)
-	}
-	// We hold the lock, so nobody is writing these: every one is the
-	// leftover of a write that a crash interrupted.
-	for _, e := range tmps {
+func (s *Spool) recover(snap recoverySnapshot) error {
+	// We hold the lock and these were listed before this process wrote
+	// anything: every one is the leftover of a write that a crash
+	// interrupted.
+	for _, e := range snap.tmps {
 		id, _ := ParseID(trimExt(e.Name()))
 		err := s.fs.Remove(s.path(dirTmp, e.Name()))
 		if err != nil {
@@ -557,18 +627,7 @@ func (s *Spool) recover() error {
 		s.event(Event{Kind: EventRemovedTemp, ID: id, Err: err})
 	}
 
-	bodies, err := s.nameSet(dirBody)
-	if err != nil {
-		return err
-	}
-	failedBodies, err := s.nameSet(dirFailed)
-	if err != nil {
-		return err
-	}
-	metas, err := s.fs.ReadDir(s.path(dirQueue, ""))
-	if err != nil {
-		return fmt.Errorf("spool: read %s: %w", dirQueue, err)
-	}
+	bodies, failedBodies, metas := snap.bodies, snap.failedBodies, snap.metas
 	for _, e := range metas {
 		name := e.Name()
 		id, ok := idFromName(name, extMeta)
@@ -611,8 +670,12 @@ func (s *Spool) recover() error {
 			}
 			// Leave it queued; a worker retries the clean-up.
 		}
-		s.items[id] = &item{id: id, next: m.NextAttempt}
-		heap.Push(&s.sched, s.items[id])
+		s.mu.Lock()
+		if _, known := s.items[id]; !known {
+			s.items[id] = &item{id: id, next: m.NextAttempt}
+			heap.Push(&s.sched, s.items[id])
+		}
+		s.mu.Unlock()
 	}
 
 	for name := range bodies {
