@@ -1,0 +1,79 @@
+package spool
+
+import (
+	"context"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestLargeQueueRestart measures what a restart costs with a large queue:
+// how long Open takes (the relay listens right after), how long the
+// background recovery and a List take, and the heap the queue holds. It
+// writes SEALPOST_SCALE messages (e.g. 100000) into a temporary spool, so it
+// only runs when asked:
+//
+//	SEALPOST_SCALE=100000 go test -run LargeQueueRestart -v -timeout 30m ./spool
+//
+// It reports figures and asserts only what must hold at any size.
+func TestLargeQueueRestart(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("SEALPOST_SCALE"))
+	if n <= 0 {
+		t.Skip("set SEALPOST_SCALE=100000 to measure a large queue")
+	}
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := strings.Repeat("x", 4000) + "\r\n"
+	const writers = 64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += writers {
+				if _, err := s.Put(context.Background(), Envelope{From: "a@example.com", To: []string{"b@example.net"}}, strings.NewReader(body)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("queued %d messages in %v", n, time.Since(start))
+	s.Close()
+
+	start = time.Now()
+	s, err = Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	t.Logf("Open: %v", time.Since(start))
+	if err := s.waitRecovered(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("recovered: %v", time.Since(start))
+	runtime.GC()
+	var mem runtime.MemStats
+	runtime.ReadMemStats(&mem)
+	t.Logf("heap in use with the queue loaded: %.1f MiB", float64(mem.HeapAlloc)/(1<<20))
+
+	ro, err := Open(dir, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	list, err := ro.List()
+	t.Logf("List (as queue list does, read-only): %d in %v", len(list), time.Since(start))
+	if err != nil || len(list) != n {
+		t.Fatalf("List: %d, %v; want %d", len(list), err, n)
+	}
+}
