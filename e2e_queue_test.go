@@ -109,49 +109,6 @@ func runBin(t *testing.T, bin string, env []string, args ...string) (stdout, std
 	return o.String(), e.String(), code
 }
 
-// tcpProxy forwards to a target that the test sets; "" = down.
-type tcpProxy struct {
-	ln     net.Listener
-	mu     sync.Mutex
-	target string
-}
-
-func newTCPProxy(t *testing.T) *tcpProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &tcpProxy{ln: ln}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			target := p.target
-			p.mu.Unlock()
-			go func() {
-				defer c.Close()
-				if target == "" {
-					return
-				}
-				u, err := net.Dial("tcp", target)
-				if err != nil {
-					return
-				}
-				defer u.Close()
-				go func() { io.Copy(u, c); u.(*net.TCPConn).CloseWrite() }()
-				io.Copy(c, u)
-			}()
-		}
-	}()
-	return p
-}
-
-func (p *tcpProxy) set(target string) { p.mu.Lock(); p.target = target; p.mu.Unlock() }
-
 func newTLSUpstream(t *testing.T, opts upstreamtest.Options) (*upstreamtest.Server, e2eSetup) {
 	ca := certstest.NewCA(t)
 	opts.TLS = upstreamtest.TLSStartTLS
@@ -165,9 +122,9 @@ func newTLSUpstream(t *testing.T, opts upstreamtest.Options) (*upstreamtest.Serv
 func TestQueueCommandsAgainstLiveDaemon(t *testing.T) {
 	t.Parallel()
 	up, setup := newTLSUpstream(t, upstreamtest.Options{})
-	proxy := newTCPProxy(t) // the upstream is down for now
+	proxy := upstreamtest.NewProxy(t) // the upstream is down for now
 	listen := freePort(t)
-	config := setup.writeConfig(t, listen, proxy.ln.Addr().String(), "")
+	config := setup.writeConfig(t, listen, proxy.Addr(), "")
 	sock := filepath.Join(setup.dir, "control.sock")
 	withControlSocket(t, config, sock)
 	setRetry(t, config, "1h")
@@ -227,7 +184,7 @@ func TestQueueCommandsAgainstLiveDaemon(t *testing.T) {
 		t.Errorf("no deleted audit record:\n%s", d.stderr)
 	}
 
-	proxy.set(up.Addr())
+	proxy.Set(up.Addr())
 	out, errOut, code = sealpost(t, "queue", "-config", config, "flush")
 	if code != 0 {
 		t.Fatalf("queue flush: exit %d: %s", code, errOut)
@@ -251,7 +208,7 @@ func TestQueueCommandsAgainstLiveDaemon(t *testing.T) {
 	if _, errOut, code := sealpost(t, "queue", "-config", config, "flush"); code != 75 || !strings.Contains(errOut, "no sealpost daemon is running") {
 		t.Errorf("flush without daemon: exit %d: %s", code, errOut)
 	}
-	proxy.set("")
+	proxy.Set("")
 	d = startServe(t, config, listen)
 	reply, err := e2eSubmit(listen, "app@example.com", "ops@example.net", tokenBody("tok-fourth"))
 	if err != nil {

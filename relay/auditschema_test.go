@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"sealpost/certs/certstest"
+	"sealpost/upstream/upstreamtest"
 )
 
 // TestAuditSchema checks the records of a run against the schema README
@@ -15,7 +16,7 @@ func TestAuditSchema(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
 	up := tlsUpstream(t, ca)
-	proxy := newSwitchProxy(t)
+	proxy := upstreamtest.NewProxy(t)
 	proxy.Set(up.Addr())
 	cfg := newTestConfig(t, ca, proxy.Addr())
 	env := startRelay(t, cfg, nil)

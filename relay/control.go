@@ -9,8 +9,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -70,34 +68,11 @@ func Control(ctx context.Context, path string, req ControlRequest) (ControlReply
 // isConnRefused: a socket file left by a daemon that died (kill -9).
 func isConnRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
 
-// listenControl opens the control socket, replacing a stale one.
+// listenControl opens the control socket. Not 0666 like the submission
+// socket: deleting mail is for the service user, its group (admins) and
+// root.
 func listenControl(path string) (net.Listener, error) {
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&fs.ModeSocket == 0 {
-			return nil, fmt.Errorf("listen.control_socket %s exists and is not a socket: refusing to replace it", path)
-		}
-		if c, err := net.Dial("unix", path); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("listen.control_socket %s is in use: is another sealpost running?", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("listen.control_socket: remove stale socket: %w", err)
-		}
-	}
-	if _, err := os.Stat(filepath.Dir(path)); err != nil {
-		return nil, fmt.Errorf("listen.control_socket %s: directory %s: %w (systemd's RuntimeDirectory=sealpost creates it)", path, filepath.Dir(path), err)
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listen on control socket %s (listen.control_socket): %w", path, err)
-	}
-	// Not 0666 like the submission socket: deleting mail is for the
-	// service user, its group (admins) and root.
-	if err := os.Chmod(path, 0o660); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("listen.control_socket %s: %w", path, err)
-	}
-	return l, nil
+	return listenUnix(path, "listen.control_socket", 0o660)
 }
 
 // serveControl answers control requests until l is closed.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"sealpost/certs/certstest"
+	"sealpost/upstream/upstreamtest"
 )
 
 // TestControlFlushAndDelete: `queue delete` and `queue flush` through the
@@ -17,7 +18,7 @@ func TestControlFlushAndDelete(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
 	up := tlsUpstream(t, ca)
-	proxy := newSwitchProxy(t) // down
+	proxy := upstreamtest.NewProxy(t) // down
 	cfg := newTestConfig(t, ca, proxy.Addr())
 	cfg.Listen.ControlSocket = filepath.Join(t.TempDir(), "control.sock")
 	env := startRelay(t, cfg, nil)

@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -194,60 +193,6 @@ func (b *syncBuffer) waitRecord(t *testing.T, event string, n int) []map[string]
 			t.Fatalf("waited 15s for %d %q records, got %d; log:\n%s", n, event, len(recs), b.String())
 		}
 		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// switchProxy forwards TCP connections to a target that a test can change,
-// so "the upstream" can go down, come back, or start offering TLS at one
-// fixed address.
-type switchProxy struct {
-	ln     net.Listener
-	mu     sync.Mutex
-	target string // "" = down: connections are closed at once
-}
-
-func newSwitchProxy(t *testing.T) *switchProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &switchProxy{ln: ln}
-	t.Cleanup(func() { ln.Close() })
-	go p.serve()
-	return p
-}
-
-func (p *switchProxy) Addr() string { return p.ln.Addr().String() }
-
-func (p *switchProxy) Set(target string) {
-	p.mu.Lock()
-	p.target = target
-	p.mu.Unlock()
-}
-
-func (p *switchProxy) serve() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		target := p.target
-		p.mu.Unlock()
-		go func() {
-			defer c.Close()
-			if target == "" {
-				return
-			}
-			u, err := net.Dial("tcp", target)
-			if err != nil {
-				return
-			}
-			defer u.Close()
-			go func() { io.Copy(u, c); u.(*net.TCPConn).CloseWrite() }()
-			io.Copy(c, u)
-		}()
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 	"sealpost/certs/certstest"
 	"sealpost/spool"
 	"sealpost/upstream"
+	"sealpost/upstream/upstreamtest"
 )
 
 // scrape fetches and parses the relay's /metrics with Prometheus' own
@@ -180,7 +181,7 @@ func TestReadinessFlips(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
 	up := tlsUpstream(t, ca)
-	proxy := newSwitchProxy(t)
+	proxy := upstreamtest.NewProxy(t)
 	proxy.Set(up.Addr())
 	cfg := newTestConfig(t, ca, proxy.Addr())
 	cfg.Metrics.Addr = "127.0.0.1:0"

@@ -135,7 +135,9 @@ func New(cfg *Config, opts Options) (_ *Relay, err error) {
 		r.listeners = append(r.listeners, &guardedListener{Listener: l, allowed: r.allowed, limiter: r.conns, audit: r.audit, open: r.open})
 	}
 	if cfg.Listen.Socket != "" {
-		l, err := listenUnix(cfg.Listen.Socket)
+		// Writable by every local user: any program on the host may
+		// submit, and the daemon records who did.
+		l, err := listenUnix(cfg.Listen.Socket, "listen.socket", 0o666)
 		if err != nil {
 			return nil, err
 		}
@@ -239,32 +241,32 @@ func restartOnly(old, cur *Config) []string {
 	return keys
 }
 
-// listenUnix opens the submission socket, replacing a stale one left by a
-// crash, and makes it writable by every local user: any program on the host
-// may submit, and the daemon records who did.
-func listenUnix(path string) (net.Listener, error) {
+// listenUnix opens a unix socket for the configuration key named key,
+// replacing a stale one left by a crash (but never a live one, nor a file
+// that is not a socket), with the given mode.
+func listenUnix(path, key string, mode os.FileMode) (net.Listener, error) {
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&fs.ModeSocket == 0 {
-			return nil, fmt.Errorf("listen.socket %s exists and is not a socket: refusing to replace it", path)
+			return nil, fmt.Errorf("%s %s exists and is not a socket: refusing to replace it", key, path)
 		}
 		if c, err := net.Dial("unix", path); err == nil {
 			c.Close()
-			return nil, fmt.Errorf("listen.socket %s is in use: is another sealpost running?", path)
+			return nil, fmt.Errorf("%s %s is in use: is another sealpost running?", key, path)
 		}
 		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("listen.socket: remove stale socket: %w", err)
+			return nil, fmt.Errorf("%s: remove stale socket: %w", key, err)
 		}
 	}
 	if _, err := os.Stat(filepath.Dir(path)); err != nil {
-		return nil, fmt.Errorf("listen.socket %s: directory %s: %w (systemd's RuntimeDirectory=sealpost creates it)", path, filepath.Dir(path), err)
+		return nil, fmt.Errorf("%s %s: directory %s: %w (systemd's RuntimeDirectory=sealpost creates it)", key, path, filepath.Dir(path), err)
 	}
 	l, err := net.Listen("unix", path)
 	if err != nil {
-		return nil, fmt.Errorf("listen on socket %s (listen.socket): %w", path, err)
+		return nil, fmt.Errorf("listen on %s (%s): %w", path, key, err)
 	}
-	if err := os.Chmod(path, 0o666); err != nil {
+	if err := os.Chmod(path, mode); err != nil {
 		l.Close()
-		return nil, fmt.Errorf("listen.socket %s: %w", path, err)
+		return nil, fmt.Errorf("%s %s: %w", key, path, err)
 	}
 	return l, nil
 }

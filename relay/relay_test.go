@@ -95,7 +95,7 @@ func TestNoTLSNoAuthNoMail(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
 	plain := upstreamtest.New(t, upstreamtest.Options{TLS: upstreamtest.TLSNone, AdvertiseAuth: true, Users: map[string]string{testUser: testPassword}})
-	proxy := newSwitchProxy(t)
+	proxy := upstreamtest.NewProxy(t)
 	proxy.Set(plain.Addr())
 	cfg := newTestConfig(t, ca, proxy.Addr())
 	cfg.Upstream.ServerName = "127.0.0.1"
@@ -262,7 +262,7 @@ func TestWrongPasswordStaysQueuedAndSecret(t *testing.T) {
 func TestQueuedMessagesSurviveRestart(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
-	proxy := newSwitchProxy(t) // target unset: the upstream is down
+	proxy := upstreamtest.NewProxy(t) // target unset: the upstream is down
 	cfg := newTestConfig(t, ca, proxy.Addr())
 	cfg.Upstream.ServerName = "127.0.0.1"
 	// Queued mail keeps its retry schedule across a restart; keep it short.
