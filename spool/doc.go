@@ -24,12 +24,13 @@
 //
 // # Durability order of Put
 //
-//  1. write body/<id>.eml, fsync it (no temp name: without metadata it is
-//     not a message, so a rename would buy nothing)
+//  1. write body/<id>.eml and fsync it (no temp name: without metadata it
+//     is not a message, so a rename would buy nothing)
 //  2. write tmp/<id>.json, fsync it
 //  3. fsync body/ — before the commit marker exists, so that a crash can
 //     never leave metadata whose body's directory entry was lost
-//     (directories are independent on disk)
+//     (directories are independent on disk); a Put alone does this during
+//     step 1's fsync instead
 //  4. rename tmp/<id>.json to queue/<id>.json — the commit point
 //  5. fsync queue/ — only now is the message durable, and Put returns
 //

@@ -140,6 +140,9 @@ type Spool struct {
 	// and List wait for it.
 	recovered  chan struct{}
 	recoverErr error
+
+	// putsInFlight lets a lone Put overlap its fsyncs (see PutID).
+	putsInFlight atomic.Int32
 }
 
 // Open opens (creating it 0700 if needed) and locks the spool in dir. Only
@@ -310,6 +313,8 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 		return err
 	}
 	defer s.ops.Done()
+	s.putsInFlight.Add(1)
+	defer s.putsInFlight.Add(-1)
 	if len(env.To) == 0 {
 		return errors.New("spool: put: no recipients")
 	}
@@ -324,14 +329,31 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 	// The body goes straight to its final name: without metadata it is not
 	// a message (Open removes such leftovers), so a temp name and a rename
 	// would only cost a directory operation per message.
+	//
+	// While the body's fsync waits for the disk, the header prefix is
+	// computed (CPU). When this is the only Put in flight, body/ is fsynced
+	// at the same time too: the two fsyncs then ride one journal commit.
+	// Under concurrency that would cost more than it saves (measured: c=50
+	// fell from 299 to 191 msg/s), because a later directory fsync is shared
+	// by more Puts (group commit), so then it waits until the metadata is
+	// written.
 	var prefix []byte
-	var headerErr error
-	computeHeader := func() {
-		if header != nil {
-			prefix, headerErr = header()
+	var headerErr, dirErr error
+	bodyDirSynced := false
+	alongside := func() {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if header != nil {
+				prefix, headerErr = header()
+			}
+		}()
+		if s.putsInFlight.Load() == 1 {
+			dirErr, bodyDirSynced = s.bodySync.sync(), true
 		}
+		<-done
 	}
-	size, err := s.writeFile(finalBody, ctxReader{ctx, body}, computeHeader)
+	size, err := s.writeFile(finalBody, ctxReader{ctx, body}, alongside)
 	if err != nil {
 		return fmt.Errorf("spool: write body: %w", err)
 	}
@@ -352,6 +374,9 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 	if headerErr != nil {
 		return fmt.Errorf("spool: header: %w", headerErr)
 	}
+	if dirErr != nil {
+		return fmt.Errorf("spool: sync body directory: %w", dirErr)
+	}
 	if env.Received.IsZero() {
 		env.Received = now
 	}
@@ -368,9 +393,11 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 	if _, err := s.writeFile(tmpMeta, bytes.NewReader(data), nil); err != nil {
 		return fmt.Errorf("spool: write metadata: %w", err)
 	}
-	if err := s.bodySync.sync(); err != nil {
-		s.fs.Remove(tmpMeta)
-		return fmt.Errorf("spool: sync body directory: %w", err)
+	if !bodyDirSynced {
+		if err := s.bodySync.sync(); err != nil {
+			s.fs.Remove(tmpMeta)
+			return fmt.Errorf("spool: sync body directory: %w", err)
+		}
 	}
 	// Last chance to give up: past the rename the message exists.
 	if err := ctx.Err(); err != nil {
