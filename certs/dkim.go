@@ -122,7 +122,7 @@ func parseDKIMKey(data []byte) (crypto.Signer, error) {
 	case sawPEM:
 		return nil, fmt.Errorf("no private key among its PEM blocks: %w", ErrKeyFormat)
 	default:
-		return nil, fmt.Errorf("not a PEM file (expected -----BEGIN PRIVATE KEY-----): %w", ErrKeyFormat)
+		return nil, fmt.Errorf("not a PEM file (expected a PEM \"PRIVATE KEY\" block, as sealpost dkim keygen writes): %w", ErrKeyFormat)
 	}
 }
 
