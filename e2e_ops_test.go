@@ -300,13 +300,7 @@ func TestProductionRun(t *testing.T) {
 func TestSIGHUPReload(t *testing.T) {
 	needSwaks(t)
 	t.Parallel()
-	ca := certstest.NewCA(t)
-	up := upstreamtest.New(t, upstreamtest.Options{
-		TLS:         upstreamtest.TLSStartTLS,
-		Certificate: certstest.Leaf(t, ca, "127.0.0.1"),
-		Users:       map[string]string{e2eUser: e2ePassword},
-	})
-	setup := newSetup(t, ca.CertPEM())
+	up, setup := newTLSUpstream(t, upstreamtest.Options{})
 	listen := freePort(t)
 	cfgPath := setup.writeConfig(t, listen, up.Addr(), "")
 	d := startServe(t, cfgPath, listen)

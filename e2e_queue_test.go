@@ -22,7 +22,6 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"sealpost/certs/certstest"
 	"sealpost/spool"
 	"sealpost/upstream/upstreamtest"
 )
@@ -107,14 +106,6 @@ func runBin(t *testing.T, bin string, env []string, args ...string) (stdout, std
 		t.Fatalf("%s %v: %v", bin, args, err)
 	}
 	return o.String(), e.String(), code
-}
-
-func newTLSUpstream(t *testing.T, opts upstreamtest.Options) (*upstreamtest.Server, e2eSetup) {
-	ca := certstest.NewCA(t)
-	opts.TLS = upstreamtest.TLSStartTLS
-	opts.Certificate = certstest.Leaf(t, ca, "127.0.0.1")
-	opts.Users = map[string]string{e2eUser: e2ePassword}
-	return upstreamtest.New(t, opts), newSetup(t, ca.CertPEM())
 }
 
 // TestQueueCommandsAgainstLiveDaemon: list, show, delete and flush while

@@ -114,6 +114,16 @@ level = "debug"
 	return path
 }
 
+// newTLSUpstream starts an upstream that requires STARTTLS (a certificate
+// from a fresh CA) and AUTH as e2eUser, and a setup that trusts that CA.
+func newTLSUpstream(t *testing.T, opts upstreamtest.Options) (*upstreamtest.Server, e2eSetup) {
+	ca := certstest.NewCA(t)
+	opts.TLS = upstreamtest.TLSStartTLS
+	opts.Certificate = certstest.Leaf(t, ca, "127.0.0.1")
+	opts.Users = map[string]string{e2eUser: e2ePassword}
+	return upstreamtest.New(t, opts), newSetup(t, ca.CertPEM())
+}
+
 // daemon is a running `sealpost serve`.
 type daemon struct {
 	cmd    *exec.Cmd
@@ -200,13 +210,7 @@ var queuedAs = regexp.MustCompile(`250 2\.0\.0 OK: queued as (\S+)`)
 func TestSwaksThroughServeToUpstream(t *testing.T) {
 	needSwaks(t)
 	t.Parallel()
-	ca := certstest.NewCA(t)
-	up := upstreamtest.New(t, upstreamtest.Options{
-		TLS:         upstreamtest.TLSStartTLS,
-		Certificate: certstest.Leaf(t, ca, "127.0.0.1"),
-		Users:       map[string]string{e2eUser: e2ePassword},
-	})
-	setup := newSetup(t, ca.CertPEM())
+	up, setup := newTLSUpstream(t, upstreamtest.Options{})
 	listen := freePort(t)
 	d := startServe(t, setup.writeConfig(t, listen, up.Addr(), ""), listen)
 
