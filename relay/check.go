@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -133,6 +134,10 @@ func Check(ctx context.Context, cfg *Config, opts CheckOptions) Report {
 	c.checkIdentity()
 	c.checkTLS()
 	c.checkSecrets(ctx)
+	c.forNamedUpstreams(func(sub *checker) {
+		sub.checkTLS()
+		sub.checkSecrets(ctx)
+	})
 	c.checkFiles()
 	c.checkDKIMKeys()
 	c.checkPolicy()
@@ -144,6 +149,7 @@ func Check(ctx context.Context, cfg *Config, opts CheckOptions) Report {
 	}
 	if opts.Live {
 		c.checkLive(ctx)
+		c.forNamedUpstreams(func(sub *checker) { sub.checkLive(ctx) })
 	}
 
 	r := Report{Format: ReportFormat, Config: cfg.Path, DNS: opts.DNS, Live: opts.Live, Findings: c.out}
@@ -159,6 +165,27 @@ func Check(ctx context.Context, cfg *Config, opts CheckOptions) Report {
 	}
 	r.OK = r.Counts.Fail == 0
 	return r
+}
+
+// forNamedUpstreams runs upstream checks for each [upstreams.NAME] as if it
+// were [upstream], naming the upstream in each finding's subject.
+func (c *checker) forNamedUpstreams(run func(sub *checker)) {
+	names := make([]string, 0, len(c.cfg.Upstreams))
+	for name := range c.cfg.Upstreams {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		cfg := *c.cfg
+		cfg.Upstream = c.cfg.Upstreams[name]
+		sub := *c
+		sub.cfg, sub.out = &cfg, nil
+		run(&sub)
+		for _, f := range sub.out {
+			f.Subject = strings.TrimSpace("upstreams." + name + " " + f.Subject)
+			c.out = append(c.out, f)
+		}
+	}
 }
 
 func (c *checker) add(id, subject string, st Status, found, fix string) {

@@ -354,3 +354,32 @@ func chown(t *testing.T, path string, uid int) {
 		t.Fatal(err)
 	}
 }
+
+// TestCheckNamedUpstreams: each [upstreams.NAME] gets the TLS and secret
+// checks [upstream] gets, with the upstream named in the finding.
+func TestCheckNamedUpstreams(t *testing.T) {
+	t.Parallel()
+	f := newCheckFixture(t)
+	cfg := f.load(t)
+	billing := cfg.Upstream
+	billing.PasswordFile = ""
+	billing.PasswordEnv = "SEALPOST_CHECK_UNSET"
+	cfg.Upstreams = map[string]UpstreamConfig{"billing": billing}
+	r := runCheck(t, cfg, CheckOptions{})
+	var named []Finding
+	for _, fd := range findings(r, "secrets.source") {
+		if strings.HasPrefix(fd.Subject, "upstreams.billing") {
+			named = append(named, fd)
+		}
+	}
+	if len(named) != 1 || named[0].Status != StatusFail || !strings.Contains(named[0].Found, "SEALPOST_CHECK_UNSET") {
+		t.Errorf("billing secret findings = %+v, want one FAIL naming the unset variable", named)
+	}
+	found := false
+	for _, fd := range findings(r, "tls.mode") {
+		found = found || strings.HasPrefix(fd.Subject, "upstreams.billing")
+	}
+	if !found {
+		t.Error("no tls.mode finding for upstreams.billing")
+	}
+}
