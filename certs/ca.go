@@ -74,6 +74,16 @@ func NewCA(commonName string) (*CA, error) {
 // addresses, usable for both server and client authentication. The chain
 // in the result holds the leaf and the CA certificate.
 func (ca *CA) Issue(hosts ...string) (tls.Certificate, error) {
+	return ca.issue(hosts, func(tmpl *x509.Certificate) {
+		// A leaf outliving its CA would only fail verification later.
+		if tmpl.NotAfter.After(ca.cert.NotAfter) {
+			tmpl.NotAfter = ca.cert.NotAfter
+		}
+	})
+}
+
+// issue signs a fresh key for hosts; validity adjusts the template's period.
+func (ca *CA) issue(hosts []string, validity func(*x509.Certificate)) (tls.Certificate, error) {
 	if len(hosts) == 0 {
 		return tls.Certificate{}, ErrNoHosts
 	}
@@ -85,10 +95,7 @@ func (ca *CA) Issue(hosts ...string) (tls.Certificate, error) {
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	// A leaf outliving its CA would only fail verification later.
-	if tmpl.NotAfter.After(ca.cert.NotAfter) {
-		tmpl.NotAfter = ca.cert.NotAfter
-	}
+	validity(tmpl)
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("signing leaf for %v: %w", hosts, err)

@@ -1,13 +1,9 @@
 package certs
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"time"
 )
 
@@ -15,24 +11,10 @@ import (
 // an upstream whose certificate expired or is about to (what `sealpost
 // check -live` warns about). The period may extend past the CA's own.
 func (ca *CA) IssueValidity(notBefore, notAfter time.Time, hosts ...string) (tls.Certificate, error) {
-	if len(hosts) == 0 {
-		return tls.Certificate{}, ErrNoHosts
-	}
 	if !notAfter.After(notBefore) {
 		return tls.Certificate{}, errors.New("certificate validity: notAfter must be after notBefore")
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("generating leaf key: %w", err)
-	}
-	tmpl, err := leafTemplate(hosts)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	tmpl.NotBefore, tmpl.NotAfter = notBefore, notAfter
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("signing leaf for %v: %w", hosts, err)
-	}
-	return keyPair(der, ca.der, key)
+	return ca.issue(hosts, func(tmpl *x509.Certificate) {
+		tmpl.NotBefore, tmpl.NotAfter = notBefore, notAfter
+	})
 }
