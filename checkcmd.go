@@ -85,7 +85,7 @@ var statusColour = map[relay.Status]string{
 // writeText prints one line per finding: status, check (and subject), what
 // was found and, after "→", how to fix it.
 func writeText(w io.Writer, r relay.Report) {
-	colour := isTerminal(w) && os.Getenv("NO_COLOR") == ""
+	colour := relay.IsTerminal(w) && os.Getenv("NO_COLOR") == ""
 	for _, f := range r.Findings {
 		status := string(f.Status)
 		if colour {
@@ -113,13 +113,4 @@ func writeText(w io.Writer, r relay.Report) {
 		verdict = "not ready: fix every FAIL"
 	}
 	fmt.Fprintf(w, "%d PASS, %d WARN, %d FAIL (%s) — %s\n", r.Counts.Pass, r.Counts.Warn, r.Counts.Fail, scope, verdict)
-}
-
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }

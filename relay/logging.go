@@ -16,7 +16,7 @@ func NewLogger(w io.Writer, cfg LogConfig) *slog.Logger {
 	format := cfg.Format
 	if format == "auto" || format == "" {
 		format = "json"
-		if isTerminal(w) {
+		if IsTerminal(w) {
 			format = "color"
 		}
 	}
@@ -30,7 +30,8 @@ func NewLogger(w io.Writer, cfg LogConfig) *slog.Logger {
 	}
 }
 
-func isTerminal(w io.Writer) bool {
+// IsTerminal reports whether w is a terminal, where a person reads colour.
+func IsTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	if !ok {
 		return false
