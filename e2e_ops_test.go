@@ -4,12 +4,10 @@ import (
 	"bufio"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,53 +19,6 @@ import (
 	"sealpost/certs/certstest"
 	"sealpost/upstream/upstreamtest"
 )
-
-// opsProxy forwards connections to a target the test switches, so one
-// upstream address can turn into a server with an untrusted certificate
-// and back.
-type opsProxy struct {
-	ln     net.Listener
-	mu     sync.Mutex
-	target string
-}
-
-func newOpsProxy(t *testing.T, target string) *opsProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &opsProxy{ln: ln, target: target}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			target := p.target
-			p.mu.Unlock()
-			go func() {
-				defer c.Close()
-				u, err := net.DialTimeout("tcp", target, 5*time.Second)
-				if err != nil {
-					return
-				}
-				defer u.Close()
-				go func() { io.Copy(u, c); u.(*net.TCPConn).CloseWrite() }()
-				io.Copy(c, u)
-			}()
-		}
-	}()
-	return p
-}
-
-func (p *opsProxy) set(target string) {
-	p.mu.Lock()
-	p.target = target
-	p.mu.Unlock()
-}
 
 func scrapeMetrics(t *testing.T, addr string) map[string]*dto.MetricFamily {
 	t.Helper()
@@ -177,11 +128,12 @@ func TestProductionRun(t *testing.T) {
 		Certificate: certstest.Leaf(t, otherCA, "127.0.0.1"),
 		Users:       map[string]string{e2eUser: e2ePassword},
 	})
-	proxy := newOpsProxy(t, good.Addr())
+	proxy := upstreamtest.NewProxy(t)
+	proxy.Set(good.Addr())
 	setup := newSetup(t, ca.CertPEM())
 	listen, metricsAddr := freePort(t), freePort(t)
 	auditPath := filepath.Join(setup.dir, "audit.log")
-	cfgPath := setup.writeConfig(t, listen, proxy.ln.Addr().String(), "")
+	cfgPath := setup.writeConfig(t, listen, proxy.Addr(), "")
 	src, _ := os.ReadFile(cfgPath)
 	// A fresh upstream connection per message, so that each change of the
 	// upstream shows at the next delivery.
@@ -213,11 +165,11 @@ func TestProductionRun(t *testing.T) {
 	if err := os.WriteFile(setup.pwFile, []byte(e2ePassword+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	proxy.set(untrusted.Addr())
+	proxy.Set(untrusted.Addr())
 	waitMetric(t, metricsAddr, "sealpost_upstream_tls_failures_total", "check", "certificate-untrusted", 1)
 
 	// 4. The real upstream again: the retried message goes out.
-	proxy.set(good.Addr())
+	proxy.Set(good.Addr())
 	good.Expect(t, 2)
 
 	// 5. A message the policy refuses.
