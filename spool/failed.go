@@ -12,21 +12,7 @@ import (
 
 // GetFailed returns the metadata of a message kept in failed/.
 func (s *Spool) GetFailed(id ID) (*Message, error) {
-	if _, err := ParseID(string(id)); err != nil {
-		return nil, err
-	}
-	data, err := s.fs.ReadFile(s.path(dirFailed, string(id)+extMeta))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("spool: get failed %s: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("spool: get failed %s: %w", id, err)
-	}
-	m, err := decodeMessage(data, id)
-	if err != nil {
-		return nil, fmt.Errorf("spool: get failed %s: %w", id, err)
-	}
-	return m, nil
+	return s.readMeta(dirFailed, id, "get failed")
 }
 
 // Lookup finds a message in the active queue or, failing that, in failed/

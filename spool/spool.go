@@ -493,20 +493,23 @@ func (s *Spool) writeMeta(m *Message, dir string, ds *dirSyncer) error {
 }
 
 // Get returns the metadata of a queued message.
-func (s *Spool) Get(id ID) (*Message, error) {
+func (s *Spool) Get(id ID) (*Message, error) { return s.readMeta(dirQueue, id, "get") }
+
+// readMeta reads and decodes the metadata of id in dir (queue/ or failed/).
+func (s *Spool) readMeta(dir string, id ID, op string) (*Message, error) {
 	if _, err := ParseID(string(id)); err != nil {
 		return nil, err
 	}
-	data, err := s.fs.ReadFile(s.path(dirQueue, string(id)+extMeta))
+	data, err := s.fs.ReadFile(s.path(dir, string(id)+extMeta))
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("spool: get %s: %w", id, ErrNotFound)
+		return nil, fmt.Errorf("spool: %s %s: %w", op, id, ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("spool: get %s: %w", id, err)
+		return nil, fmt.Errorf("spool: %s %s: %w", op, id, err)
 	}
 	m, err := decodeMessage(data, id)
 	if err != nil {
-		return nil, fmt.Errorf("spool: get %s: %w", id, err)
+		return nil, fmt.Errorf("spool: %s %s: %w", op, id, err)
 	}
 	return m, nil
 }
