@@ -11,6 +11,12 @@ import (
 // recorded by the routing deliverer (route.go), which knows the upstream's
 // reply and TLS version; the rest only the spool knows.
 func (r *Relay) spoolEvent(e spool.Event) {
+	if r.routes != nil && (e.Done || e.Kind == spool.EventDeleted) {
+		defer r.routes.forget(e.ID)
+	}
+	if e.Kind == spool.EventDelivered {
+		return
+	}
 	attrs := []slog.Attr{
 		slog.String("queue_id", string(e.ID)),
 		slog.String("mail_from", e.Envelope.From),
@@ -22,8 +28,6 @@ func (r *Relay) spoolEvent(e spool.Event) {
 	}
 	attrs = append(attrs, r.upstreamEventAttrs(e)...)
 	switch e.Kind {
-	case spool.EventDelivered:
-		return
 	case spool.EventDeferred:
 		attrs = append(attrs, slog.Time("next_attempt", e.NextAttempt))
 	case spool.EventRemovedTemp, spool.EventCorrupt, spool.EventError:

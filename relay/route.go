@@ -181,13 +181,17 @@ func (rt *router) close() {
 	}
 }
 
-// usedFor returns (and forgets) the upstream of a message's last attempt.
+// usedFor returns the upstream of a message's last attempt. One attempt
+// may yield several events (delivered, failed, deferred); all name it.
 func (rt *router) usedFor(id spool.ID) *routeUpstream {
-	if v, ok := rt.lastUsed.LoadAndDelete(id); ok {
+	if v, ok := rt.lastUsed.Load(id); ok {
 		return v.(*routeUpstream)
 	}
 	return rt.def
 }
+
+// forget drops what usedFor knows of a message that left the queue.
+func (rt *router) forget(id spool.ID) { rt.lastUsed.Delete(id) }
 
 // registerMetrics adds the per-upstream delivery counter to the relay's
 // registry.

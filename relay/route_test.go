@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
+
 	"sealpost/certs/certstest"
 	"sealpost/policy"
 	"sealpost/spool"
@@ -309,6 +311,41 @@ func TestUnreachableClassification(t *testing.T) {
 	} {
 		if got := unreachable(tt.err); got != tt.want {
 			t.Errorf("unreachable(%v) = %v, want %v", tt.err, got, tt.want)
+		}
+	}
+}
+
+// TestPartialDeliveryNamesTheRoutedUpstream: one attempt that delivers to
+// one recipient and defers another records both against the upstream it
+// used, not the default one.
+func TestPartialDeliveryNamesTheRoutedUpstream(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	billing := upstreamtest.New(t, upstreamtest.Options{
+		TLS:         upstreamtest.TLSStartTLS,
+		Certificate: certstest.Leaf(t, ca, "127.0.0.1", "localhost"),
+		Users:       map[string]string{testUser: testPassword},
+		RcptReply: func(addr string) *smtp.SMTPError {
+			if addr == "later@example.org" {
+				return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 2, 0}, Message: "mailbox busy"}
+			}
+			return nil
+		},
+	})
+	cfg := newTestConfig(t, ca, closedAddr(t))
+	cfg.Upstreams = map[string]UpstreamConfig{"billing": namedUpstream(cfg, billing.Addr())}
+	cfg.Routes = []RouteConfig{{Sender: "*@billing.example.com", Upstream: "billing"}}
+	revalidate(t, cfg)
+	env := startRelay(t, cfg, nil)
+	from := "invoices@billing.example.com"
+	body := "From: " + from + "\r\nTo: now@example.org, later@example.org\r\nSubject: partial\r\n\r\nhi\r\n"
+	if _, err := send(t, env.addr, from, []string{"now@example.org", "later@example.org"}, body); err != nil {
+		t.Fatal(err)
+	}
+	for _, event := range []string{"delivered", "deferred"} {
+		rec := env.logs.waitRecord(t, event, 1)[0]
+		if rec["upstream_name"] != "billing" || rec["upstream"] != billing.Addr() {
+			t.Errorf("%s record names %v at %v, want billing at %s", event, rec["upstream_name"], rec["upstream"], billing.Addr())
 		}
 	}
 }

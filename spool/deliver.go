@@ -55,6 +55,10 @@ type Event struct {
 	NextAttempt time.Time
 	Err         error
 	Duration    time.Duration // of the delivery attempt
+	// Done marks the last event of a message that has left the active
+	// queue (delivered to all, failed, expired), so a listener can forget
+	// what it kept about it.
+	Done bool
 }
 
 // item is the scheduler's view of a queued message; the metadata itself
@@ -437,6 +441,9 @@ func (s *Spool) attempt(ctx context.Context, d Deliverer, it *item) {
 	if len(deferred) == 0 {
 		// Events after the files: the audit log reports what is on disk.
 		s.finish(it, m)
+		if len(events) > 0 {
+			events[len(events)-1].Done = true
+		}
 		s.emit(events)
 		return
 	}
