@@ -3,6 +3,8 @@ package relay
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"syscall"
 
@@ -17,7 +19,6 @@ import (
 var (
 	replySpoolFailure = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary local problem, message not accepted: try again later"}
 	replySpoolFull    = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Insufficient local storage, message not accepted: try again later"}
-	replyTooBig       = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message exceeds the maximum size"}
 	replyTimeout      = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Timed out reading the message, closing connection: not accepted"}
 	replyNoAccess     = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Access denied: this relay accepts mail from its own host only"}
 	replyBusy         = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many connections, try again later"}
@@ -35,23 +36,39 @@ func replyQueued(id string) error {
 // so a well-behaved client keeps the message and tries again; no internal
 // detail (paths, errno text) reaches the client.
 func dataReply(err error) *smtp.SMTPError {
+	reply, _ := dataOutcome(err)
+	return reply
+}
+
+// dataOutcome is dataReply plus the rule the audit record and the
+// rejection metric name. Only the "spool" and "dkim" rules are sealpost's
+// own trouble; the others are the client's doing and must not look like a
+// disk problem on a dashboard.
+func dataOutcome(err error) (*smtp.SMTPError, string) {
 	var se *smtp.SMTPError
 	var ue *unsignedError
 	switch {
 	case err == nil:
-		return nil
+		return nil, ""
+	case errors.Is(err, smtp.ErrDataTooLarge):
+		return smtp.ErrDataTooLarge, "too-big"
 	case errors.As(err, &se):
-		return se
+		return se, "refused"
 	case errors.As(err, &ue):
-		return ue.reply()
+		return ue.reply(), "dkim-no-key"
 	case errors.Is(err, smtp.ErrTooLongLine):
-		return replyLineTooLong
+		return replyLineTooLong, "line-too-long"
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		return replyTimeout
+		return replyTimeout, "timeout"
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed), errors.Is(err, smtp.ErrDataReset):
+		// Nobody reads this reply; the client went away mid-message.
+		return replySpoolFailure, "client-gone"
+	case errors.Is(err, errSigning):
+		return replySpoolFailure, "dkim"
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
-		return replySpoolFull
+		return replySpoolFull, "spool"
 	default:
-		return replySpoolFailure
+		return replySpoolFailure, "spool"
 	}
 }
 

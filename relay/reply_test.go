@@ -3,6 +3,7 @@ package relay
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -148,3 +149,26 @@ func TestEHLOAdvertisesExtensions(t *testing.T) {
 }
 
 const cfg25MiB = 25 << 20
+
+// TestDataOutcomeRules: only sealpost's own trouble is counted as spool or
+// dkim; what the client did is named as such.
+func TestDataOutcomeRules(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		err  error
+		rule string
+	}{
+		{fmt.Errorf("spool: write body: %w", smtp.ErrDataTooLarge), "too-big"},
+		{fmt.Errorf("spool: write body: %w", smtp.ErrTooLongLine), "line-too-long"},
+		{fmt.Errorf("spool: write body: %w", os.ErrDeadlineExceeded), "timeout"},
+		{fmt.Errorf("spool: write body: %w", io.ErrUnexpectedEOF), "client-gone"},
+		{fmt.Errorf("spool: header: %w", fmt.Errorf("%w: boom", errSigning)), "dkim"},
+		{&unsignedError{domain: "example.org"}, "dkim-no-key"},
+		{fmt.Errorf("spool: write body: %w", syscall.ENOSPC), "spool"},
+		{errors.New("anything else"), "spool"},
+	} {
+		if _, rule := dataOutcome(tc.err); rule != tc.rule {
+			t.Errorf("dataOutcome(%v) rule = %q, want %q", tc.err, rule, tc.rule)
+		}
+	}
+}

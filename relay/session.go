@@ -272,19 +272,11 @@ func (s *session) dataFailed(err error, size int64) error {
 		}
 		return s.refuse(v, violationReply(v), s.from, s.rcpts)
 	}
-	reply := dataReply(err)
+	reply, rule := dataOutcome(err)
 	if reply == replyTimeout {
 		hangUpAfterReply(s.conn.Conn())
 	}
-	rule := "spool"
-	var ue *unsignedError
-	switch {
-	case errors.As(err, &ue):
-		rule = "dkim-no-key"
-	case errors.Is(err, errSigning):
-		rule = "dkim"
-	}
-	if rule != "dkim-no-key" {
+	if rule == "spool" || rule == "dkim" {
 		s.r.log.Warn("message not accepted", slog.String("client_ip", addrString(s.clientIP)), slog.String("mail_from", s.from), slog.Any("err", err))
 	}
 	s.r.audit.record("rejected",
