@@ -369,3 +369,43 @@ func TestMessageTooBig(t *testing.T) {
 	}
 	assertQueueLen(t, cfg, 0)
 }
+
+// TestSizeDeclaredUpstream: the spooled size goes out as MAIL FROM's SIZE,
+// so an upstream with a smaller limit refuses before the body is sent.
+func TestSizeDeclaredUpstream(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	up := upstreamtest.New(t, upstreamtest.Options{
+		TLS:             upstreamtest.TLSStartTLS,
+		Certificate:     certstest.Leaf(t, ca, "127.0.0.1"),
+		Users:           map[string]string{testUser: testPassword},
+		MaxMessageBytes: 100_000,
+	})
+	cfg := newTestConfig(t, ca, up.Addr())
+	cfg.Spool.Bounce = false
+	env := startRelay(t, cfg, nil)
+	if _, err := send(t, env.addr, "app@example.com", []string{"ops@example.net"}, testBody); err != nil {
+		t.Fatal(err)
+	}
+	got := up.Expect(t, 1)[0]
+	if got.Size != int64(len(got.Data)) {
+		t.Errorf("declared SIZE=%d, message is %d bytes", got.Size, len(got.Data))
+	}
+	big := testBody + strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef\r\n", 3000)
+	if _, err := send(t, env.addr, "app@example.com", []string{"ops@example.net"}, big); err != nil {
+		t.Fatal(err)
+	}
+	failed := env.logs.waitRecord(t, "failed", 1)
+	if msg, _ := failed[0]["error"].(string); !strings.Contains(msg, "552") {
+		t.Errorf("oversized for the upstream: %v, want a permanent 552", failed[0])
+	}
+	datas := 0
+	for _, c := range up.Commands() {
+		if c.Verb == "DATA" || c.Verb == "BDAT" {
+			datas++
+		}
+	}
+	if datas != 1 {
+		t.Errorf("%d DATA commands, want 1: the oversized body must not be sent", datas)
+	}
+}

@@ -315,7 +315,7 @@ func (d *routingDeliverer) Deliver(ctx context.Context, id spool.ID, env spool.E
 			pause = earlier(pause, &pauseError{upstream: cands[0].name, until: at, reason: "paced"})
 			continue
 		}
-		msg := upstream.Message{From: d.envelopeFrom(env.From, u), To: to, SMTPUTF8: env.SMTPUTF8}
+		msg := upstream.Message{From: d.envelopeFrom(env.From, u), To: to, SMTPUTF8: env.SMTPUTF8, Size: env.Size}
 		perRcpt, info, err := u.pool.Deliver(ctx, msg, body)
 		d.rt.lastUsed.Store(id, u)
 		var backoff *upstream.BackoffError

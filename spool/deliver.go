@@ -489,7 +489,9 @@ func (s *Spool) deliver(ctx context.Context, d Deliverer, m *Message, to []strin
 			perRcpt, err = nil, fmt.Errorf("spool: deliverer panicked: %v", r)
 		}
 	}()
-	return d.Deliver(ctx, m.ID, m.Envelope, to, body)
+	env := m.Envelope
+	env.Size = m.Size
+	return d.Deliver(ctx, m.ID, env, to, body)
 }
 
 // finish takes a message with no pending recipient out of the queue.

@@ -20,6 +20,11 @@ type Envelope struct {
 	MessageID  string    `json:",omitempty"` // Message-ID header value
 	TLS        string    `json:",omitempty"` // e.g. "TLS1.3", "" for none
 	Received   time.Time // when the relay accepted it; Put sets it if zero
+
+	// Size is the message's size as delivered (Message.Size). It is not
+	// stored twice: the spool fills it in when it hands the envelope to a
+	// Deliverer, which passes it on as the SMTP SIZE parameter.
+	Size int64 `json:"-"`
 }
 
 // RcptState is where one recipient stands.
