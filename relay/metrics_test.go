@@ -228,7 +228,7 @@ func TestReadinessFlips(t *testing.T) {
 
 	up = tlsUpstream(t, ca)
 	proxy.Set(up.Addr())
-	r.pool.RetryNow() // what `queue flush` does
+	r.routes.retryNow() // what `queue flush` does
 	r.Spool().Flush()
 	logs.waitRecord(t, "delivered", 2)
 	expect("upstream back", "/readyz", 200, "upstream: reached")

@@ -22,7 +22,6 @@ import (
 
 	"sealpost/policy"
 	"sealpost/spool"
-	"sealpost/upstream"
 )
 
 // Options are the relay's dependencies that do not come from the file.
@@ -39,17 +38,16 @@ type Options struct {
 
 // Relay is one configured, listening relay.
 type Relay struct {
-	cfg      *Config
-	log      *slog.Logger
-	audit    *auditLog
-	spool    *spool.Spool
-	upstream *upstream.Client
-	server   *smtp.Server
-	conns    *policy.ConnLimiter
-	allowed  policy.Networks
-	open     *connSet
-	grace    time.Duration
-	clock    policy.Clock
+	cfg     *Config
+	log     *slog.Logger
+	audit   *auditLog
+	spool   *spool.Spool
+	server  *smtp.Server
+	conns   *policy.ConnLimiter
+	allowed policy.Networks
+	open    *connSet
+	grace   time.Duration
+	clock   policy.Clock
 
 	// live is what SIGHUP may swap while sessions run; a transaction reads
 	// it once so it sees one consistent set.
@@ -59,9 +57,8 @@ type Relay struct {
 
 	ops ops // metrics, health and the audit file (ops.go)
 
-	pool    *upstream.Pool // connections to the upstream, with its backoff
-	routes  *router        // every upstream, routes and failover (route.go); routes.def is upstream/pool
-	control net.Listener   // queue commands; nil when not configured
+	routes  *router      // every upstream, routes and failover (route.go)
+	control net.Listener // queue commands; nil when not configured
 }
 
 // New checks everything that can be checked before serving — the upstream
@@ -100,7 +97,6 @@ func New(cfg *Config, opts Options) (_ *Relay, err error) {
 	if r.routes, err = newRouter(cfg, r.log, r.now, r.liveRoutes); err != nil {
 		return nil, err
 	}
-	r.upstream, r.pool = r.routes.def.client, r.routes.def.pool
 	r.routes.registerMetrics(r.ops.metrics.registry())
 	live, err := r.loadPolicy(cfg)
 	if err != nil {

@@ -19,11 +19,10 @@ import (
 )
 
 // routeUpstream is one upstream as the delivery loop uses it: its own
-// client, pool (connections and backoff), pacing and OAuth2 token cache.
+// pool (its client, connections and backoff), pacing and OAuth2 token cache.
 type routeUpstream struct {
 	name   string
 	cfg    UpstreamConfig
-	client *upstream.Client
 	pool   *upstream.Pool
 	pacer  *pacer
 	tokens *upstream.OAuth2Tokens // nil without [oauth2]
@@ -111,11 +110,11 @@ func newRouteUpstream(cfg *Config, name string, u UpstreamConfig, log *slog.Logg
 		}
 		secret = src.Load
 	}
-	ru.client, err = upstream.NewClient(clientConfig(cfg.Hostname, u, tlsConf, secret, refused))
+	client, err := upstream.NewClient(clientConfig(cfg.Hostname, u, tlsConf, secret, refused))
 	if err != nil {
 		return nil, err
 	}
-	ru.pool = upstream.NewPool(ru.client, upstream.PoolConfig{
+	ru.pool = upstream.NewPool(client, upstream.PoolConfig{
 		MaxConnections:           u.MaxConnections,
 		MaxMessagesPerConnection: u.MaxMessagesPerConnection,
 		Backoff:                  durations(cfg.Spool.RetryIntervals),
