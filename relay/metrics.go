@@ -165,7 +165,7 @@ func newMetrics(r *Relay) *metrics {
 				}
 				return float64(r.conns.Active())
 			}),
-		&queueCollector{relay: r, minInterval: 5 * time.Second},
+		&queueCollector{relay: r},
 		buildInfo(),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -328,17 +328,10 @@ func (h *upstreamHealth) ready(now time.Time, window time.Duration) (bool, strin
 func roundSeconds(d time.Duration) time.Duration { return d.Round(time.Second) }
 
 // queueCollector reports the queue's length and the age of its oldest
-// message. Listing reads every metadata file, so a result is reused for
-// minInterval: scraping often costs no more than scraping every few seconds.
+// message, from the spool's memory: a scrape costs no disk reads, however
+// long the queue grows during an outage.
 type queueCollector struct {
-	relay       *Relay // its spool is opened after the collectors are made
-	minInterval time.Duration
-
-	mu      sync.Mutex
-	at      time.Time
-	n       int
-	oldest  time.Time
-	listErr error
+	relay *Relay // its spool is opened after the collectors are made
 }
 
 var (
@@ -355,36 +348,12 @@ func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 	if c.relay.spool == nil {
 		return // New failed half way, or a test without a spool
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	now := time.Now()
-	if c.at.IsZero() || now.Sub(c.at) >= c.minInterval {
-		c.at = now
-		c.n, c.oldest, c.listErr = 0, time.Time{}, nil
-		msgs, err := c.relay.spool.List()
-		if err != nil {
-			c.listErr = err
-		}
-		c.n = len(msgs)
-		for _, m := range msgs {
-			t := m.Created
-			if t.IsZero() {
-				t = m.ID.Time()
-			}
-			if !t.IsZero() && (c.oldest.IsZero() || t.Before(c.oldest)) {
-				c.oldest = t
-			}
-		}
-	}
-	if c.listErr != nil {
-		ch <- prometheus.NewInvalidMetric(queueLenDesc, c.listErr)
-		return
-	}
+	n, oldest := c.relay.spool.Stats()
 	age := 0.0
-	if !c.oldest.IsZero() {
-		age = max(now.Sub(c.oldest).Seconds(), 0)
+	if !oldest.IsZero() {
+		age = max(time.Since(oldest).Seconds(), 0)
 	}
-	ch <- prometheus.MustNewConstMetric(queueLenDesc, prometheus.GaugeValue, float64(c.n))
+	ch <- prometheus.MustNewConstMetric(queueLenDesc, prometheus.GaugeValue, float64(n))
 	ch <- prometheus.MustNewConstMetric(queueAgeDesc, prometheus.GaugeValue, age)
 }
 

@@ -492,6 +492,21 @@ func (s *Spool) writeMeta(m *Message, dir string, ds *dirSyncer) error {
 	return nil
 }
 
+// Stats reports the active queue's length and its oldest message's arrival
+// from memory (message ids carry their creation time), so monitoring never
+// reads the disk. Messages of an earlier process count once Open's
+// recovery has loaded them.
+func (s *Spool) Stats() (n int, oldest time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id := range s.items {
+		if t := id.Time(); !t.IsZero() && (oldest.IsZero() || t.Before(oldest)) {
+			oldest = t
+		}
+	}
+	return len(s.items), oldest
+}
+
 // Get returns the metadata of a queued message.
 func (s *Spool) Get(id ID) (*Message, error) { return s.readMeta(dirQueue, id, "get") }
 

@@ -382,3 +382,18 @@ func TestOpenLockedByOtherProcess(t *testing.T) {
 		t.Fatalf("after Close, second process: %v, %s", err, out)
 	}
 }
+
+func TestStats(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{})
+	if n, oldest := te.s.Stats(); n != 0 || !oldest.IsZero() {
+		t.Fatalf("empty spool: %d, %v", n, oldest)
+	}
+	first := put(t, te.s, "a", "a@x")
+	te.clock.Advance(time.Hour)
+	put(t, te.s, "b", "b@x")
+	n, oldest := te.s.Stats()
+	if n != 2 || !oldest.Equal(first.Time()) {
+		t.Errorf("Stats = %d, %v; want 2, %v", n, oldest, first.Time())
+	}
+}
