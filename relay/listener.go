@@ -97,9 +97,9 @@ func (c *releasingConn) Write(p []byte) (int, error) {
 
 func (c *releasingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	if !c.endings.bare {
+	if !c.endings.bare.Load() {
 		c.endings.scan(p[:n])
-		if c.endings.bare {
+		if c.endings.bare.Load() {
 			// go-smtp's DATA reader fills its whole buffer before it
 			// returns and misses some ends of data after a bare CR, so it
 			// could wait for the rest of a message that already ended.
@@ -114,29 +114,46 @@ func (c *releasingConn) Read(p []byte) (int, error) {
 // lineEndingWatch notices a bare CR or LF anywhere in what the client sends.
 // It looks at the wire, before go-smtp's dot-unstuffing: that drops the CR
 // of a line starting ".\r", so a bare CR there never reaches the message
-// checks. Only the connection's reading goroutine touches it.
+// checks. Only the connection's reading goroutine scans; bare is atomic
+// because with BDAT go-smtp runs Session.Data on a goroutine of its own.
 type lineEndingWatch struct {
-	prevCR bool
-	bare   bool
+	prevCR bool // the last byte scanned was a CR
+	bare   atomic.Bool
 }
 
+// scan jumps from line feed to line feed (IndexByte is vectorised; this
+// runs over every byte a client sends): each must follow a CR, and no other
+// CR may stand anywhere.
 func (w *lineEndingWatch) scan(p []byte) {
-	for len(p) > 0 && !w.bare {
-		if w.prevCR {
-			w.bare = p[0] != '\n'
-			w.prevCR = false
-			p = p[1:]
-			continue
-		}
-		i := bytes.IndexAny(p, "\r\n")
-		if i < 0 {
+	if len(p) == 0 || w.bare.Load() {
+		return
+	}
+	if w.prevCR {
+		w.prevCR = false
+		if p[0] != '\n' {
+			w.bare.Store(true)
 			return
 		}
-		if p[i] == '\n' {
-			w.bare = true
+		p = p[1:]
+	}
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		line := p
+		if i >= 0 {
+			line = p[:i]
+		}
+		cr := bytes.IndexByte(line, '\r')
+		switch {
+		case cr >= 0 && cr != len(line)-1: // a CR followed by something else
+			w.bare.Store(true)
+			return
+		case i < 0: // no LF in what is left: a trailing CR waits for the next read
+			w.prevCR = cr >= 0
+			return
+		case cr < 0: // an LF without its CR
+			w.bare.Store(true)
 			return
 		}
-		w.prevCR = true
 		p = p[i+1:]
 	}
 }
@@ -161,7 +178,7 @@ func peerOf(c net.Conn) peer {
 // this connection so far.
 func bareLineEnding(c net.Conn) bool {
 	rc, ok := c.(*releasingConn)
-	return ok && rc.endings.bare
+	return ok && rc.endings.bare.Load()
 }
 
 func (c *releasingConn) Close() error {
