@@ -137,6 +137,13 @@ func (p *Pool) Deliver(ctx context.Context, msg Message, body io.Reader) (perRcp
 			p.put(pc)
 			return perRcpt, info, nil
 		}
+		if refusedCleanly(err) && ctx.Err() == nil {
+			// The server answered and the dialogue is intact: the next
+			// message can use the connection (take sends RSET first).
+			pc.sent++
+			p.put(pc)
+			return perRcpt, info, err
+		}
 		pc.s.close()
 		var e *Error
 		if reused && errors.As(err, &e) && e.Op == "mail" && (e.Code == 0 || e.Code == 421) && ctx.Err() == nil {
@@ -313,4 +320,22 @@ func (s *session) reset(ctx context.Context) error {
 		return newError(ctx, "rset", err)
 	}
 	return nil
+}
+
+// refusedCleanly reports whether err is the upstream refusing this message
+// at MAIL or RCPT (other than 421 closing the connection) rather than a
+// broken connection: only then may the connection be reused. A refusal in
+// DATA is not trusted: the server may have answered before the body ended,
+// and a reply left unread would be taken for the next command's.
+func refusedCleanly(err error) bool {
+	var e *Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	switch e.Op {
+	case "mail", "rcpt":
+	default:
+		return false
+	}
+	return (e.Code >= 400 && e.Code != 421) || errors.Is(err, ErrAllRecipientsRefused)
 }

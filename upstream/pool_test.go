@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
+
 	"sealpost/upstream"
 	"sealpost/upstream/upstreamtest"
 )
@@ -204,5 +206,30 @@ func TestPoolBackoff(t *testing.T) {
 	f.srv.Expect(t, 2)
 	if n := dials.Load(); n != 3 {
 		t.Errorf("%d dials, want 3 (the second message reuses the connection)", n)
+	}
+}
+
+// TestPoolKeepsConnectionAfterRefusal: a recipient the server refuses does
+// not cost the connection; the next message goes out on the same one.
+func TestPoolKeepsConnectionAfterRefusal(t *testing.T) {
+	t.Parallel()
+	f := newUpstream(t, upstreamtest.Options{TLS: upstreamtest.TLSStartTLS, Users: map[string]string{user: password},
+		RcptReply: func(addr string) *smtp.SMTPError {
+			if addr == "gone@example.org" {
+				return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+			}
+			return nil
+		}})
+	p := upstream.NewPool(newClient(t, f.config(t, "starttls")), upstream.PoolConfig{MaxConnections: 1, MaxMessagesPerConnection: 10})
+	defer p.Close()
+	if _, err := poolDeliver(t, p, "gone@example.org"); !errors.Is(err, upstream.ErrAllRecipientsRefused) {
+		t.Fatalf("refused recipient: %v", err)
+	}
+	if _, err := poolDeliver(t, p, "a@example.org"); err != nil {
+		t.Fatal(err)
+	}
+	f.srv.Expect(t, 1)
+	if n := connections(f.srv); n != 1 {
+		t.Errorf("%d connections, want 1: the refusal closed a healthy connection", n)
 	}
 }
