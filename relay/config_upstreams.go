@@ -217,6 +217,17 @@ func (c *Config) validateUpstreams() error {
 				return fieldErr("rewrite.envelope_from", "\"account\": the username of upstream %q is not an address", name)
 			}
 		}
+		// From is rewritten (and signed) for the routed upstream's account
+		// when the message arrives; a failover upstream logging in as
+		// another account would then send mail whose From it may not use
+		// (Microsoft 365: SendAsDenied), and the signature forbids fixing it.
+		if needAccount {
+			for _, f := range u.Failover {
+				if fu, ok := c.UpstreamByName(f); ok && !strings.EqualFold(fu.Username, u.Username) {
+					return fieldErr("rewrite.address", "required: rewrite.header_from = %q puts upstream %q's account %s in From, but its failover %q logs in as %s; set rewrite.address to an address every failover upstream may send as", rw.HeaderFrom, name, u.Username, f, fu.Username)
+				}
+			}
+		}
 	}
 	return nil
 }
