@@ -45,26 +45,28 @@ type limitError struct {
 // a runaway program needs. userKey is "" when the local user is unknown;
 // per_user then does not apply.
 func (l *limits) allow(senderKey, userKey, clientKey string) *limitError {
-	checks := []struct {
-		lim  *policy.Limiter
-		key  string
-		rule string
-		what string
+	checks := [...]struct {
+		lim             *policy.Limiter
+		key, rule, what string // what names the bucket in the refusal, before its key
 	}{
-		{l.perSender, senderKey, "rate-per-sender", "sender " + senderKey},
-		{l.perUser, userKey, "rate-per-user", "local user " + userKey},
-		{l.perClient, clientKey, "rate-per-client", "client " + clientKey},
-		{l.global, "*", "rate-global", "this host"},
+		{l.perSender, senderKey, "rate-per-sender", "sender "},
+		{l.perUser, userKey, "rate-per-user", "local user "},
+		{l.perClient, clientKey, "rate-per-client", "client "},
+		{l.global, "*", "rate-global", ""},
 	}
 	for _, c := range checks {
 		if c.key == "" {
 			continue
 		}
 		if ok, retry := c.lim.Allow(c.key); !ok {
+			what := c.what + c.key
+			if c.what == "" {
+				what = "this host"
+			}
 			return &limitError{rule: c.rule, reply: &smtp.SMTPError{
 				Code:         451,
 				EnhancedCode: smtp.EnhancedCode{4, 7, 1},
-				Message:      fmt.Sprintf("Rate limit exceeded for %s: try again in %s", c.what, roundUp(retry)),
+				Message:      fmt.Sprintf("Rate limit exceeded for %s: try again in %s", what, roundUp(retry)),
 			}}
 		}
 	}
