@@ -16,7 +16,7 @@ mode=${1:-dkim}; shift || true
 work=${SEALPOST_BENCH_WORK:-/tmp/sealpost-bench}
 port=${SEALPOST_BENCH_PORT:-10030}
 rm -rf "$work"; mkdir -p "$work"
-(cd "$here/.." && CGO_ENABLED=0 go build -o "$work/sealpost" .)
+(cd "$here/.." && CGO_ENABLED=0 go build ${SEALPOST_BUILD_TAGS:+-tags "$SEALPOST_BUILD_TAGS"} -o "$work/sealpost" .)
 printf 'benchpass\n' >"$work/password"; chmod 600 "$work/password"
 
 dkim='[policy]

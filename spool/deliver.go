@@ -288,7 +288,7 @@ func (s *Spool) release(it *item, next time.Time) {
 	if it.deleted {
 		delete(s.items, it.id)
 		s.mu.Unlock()
-		err := s.removeFiles(it.id)
+		err := s.removeFiles(it.id, true)
 		if errors.Is(err, ErrNotFound) {
 			err = nil
 		}
@@ -515,7 +515,7 @@ func (s *Spool) complete(m *Message) error {
 			return s.moveToFailed(m)
 		}
 	}
-	if err := s.removeFiles(m.ID); err != nil && !errors.Is(err, ErrNotFound) {
+	if err := s.removeFiles(m.ID, false); err != nil && !errors.Is(err, ErrNotFound) {
 		return err
 	}
 	return nil

@@ -11,7 +11,7 @@
 // Everything lives under one directory (created 0700):
 //
 //	lock              flock(2)ed by the one process that owns the spool
-//	tmp/<id>.json     metadata being written; anything in tmp/ at Open is a crash leftover and removed
+//	tmp/<id>.json     metadata being rewritten; anything in tmp/ at Open is a crash leftover and removed
 //	body/<id>.eml     the message body, written once, never rewritten; one
 //	                  without metadata in queue/ is an interrupted Put, removed at Open
 //	queue/<id>.json   the metadata ([Message]); its presence is the commit marker
@@ -26,24 +26,35 @@
 //
 //  1. write body/<id>.eml and fsync it (no temp name: without metadata it
 //     is not a message, so a rename would buy nothing)
-//  2. write tmp/<id>.json, fsync it
-//  3. fsync body/ — before the commit marker exists, so that a crash can
+//  2. fsync body/ — before the commit marker exists, so that a crash can
 //     never leave metadata whose body's directory entry was lost
 //     (directories are independent on disk); a Put alone does this during
 //     step 1's fsync instead
-//  4. rename tmp/<id>.json to queue/<id>.json — the commit point
-//  5. fsync queue/ — only now is the message durable, and Put returns
+//  3. write queue/<id>.json under its final name — the commit marker —
+//     and fsync it and queue/ together; only when both have finished is
+//     the message durable, and Put returns
+//
+// No temp name and rename for the first metadata: that would cost another
+// round of fsyncs for every message. A crash during step 3 can leave the
+// metadata empty or cut short; such a message was never acknowledged, and
+// Open removes it with its body (incompleteMeta). Metadata that is whole
+// but does not decode is quarantined in corrupt/ instead.
 //
 // A body without metadata is an interrupted Put and is removed at Open.
-// Metadata is rewritten the same way (temp, fsync, rename, fsync queue/)
-// after each delivery attempt. Directory fsyncs are shared between
-// concurrent callers (group commit, see dirSyncer): a burst of Puts costs
-// one fsync per directory instead of one each, yet no Put returns before an
-// fsync that started after its own rename has finished.
+// After a delivery attempt that leaves recipients pending, the metadata is
+// replaced atomically (tmp/, fsync, rename, fsync queue/). Directory fsyncs
+// are shared between concurrent callers (group commit, see dirSyncer): a
+// burst of Puts costs about two fsyncs per directory instead of one each,
+// yet no Put returns before an fsync that started after it created its
+// metadata has finished. The spool keeps its directories open for these
+// fsyncs.
 //
-// When a message is finished, its final recipient states are first made
-// durable in queue/; only then are the files removed (all delivered) or
-// moved to failed/. Open completes a move that a crash interrupted.
+// A message delivered to every recipient is removed (metadata, then body)
+// without an fsync: a crash that undoes the removal makes it be delivered
+// again, which at-least-once allows; an operator's delete is fsynced. A
+// message with failed recipients first has its final states made durable
+// in queue/ and is then moved to failed/; Open completes a move that a
+// crash interrupted.
 //
 // # Delivery
 //

@@ -12,8 +12,8 @@ import (
 	"time"
 )
 
-// syncRecorder is an FS that stamps renames and directory syncs with a
-// global sequence number, so that the order of events across goroutines can
+// syncRecorder is an FS that stamps file creations, renames and directory
+// syncs with a global sequence number, so that the order of events across goroutines can
 // be checked after the fact.
 type syncRecorder struct {
 	FS
@@ -21,18 +21,34 @@ type syncRecorder struct {
 
 	mu      sync.Mutex
 	renamed map[string]int64 // new path -> seq of the rename
+	created map[string]int64 // path -> seq of the creation
 	syncs   map[string][]span
 	// gate, if set, is called inside SyncDir before syncing (to hold a
 	// sync open while others queue up behind it).
 	gate func(dir string, n int)
 	// afterRename, if set, is called after each rename.
 	afterRename func(newpath string)
+	// afterCreate, if set, is called after each file creation.
+	afterCreate func(path string)
 }
 
 type span struct{ start, end int64 }
 
 func newSyncRecorder() *syncRecorder {
-	return &syncRecorder{FS: OSFS(), renamed: map[string]int64{}, syncs: map[string][]span{}}
+	return &syncRecorder{FS: OSFS(), renamed: map[string]int64{}, created: map[string]int64{}, syncs: map[string][]span{}}
+}
+
+func (r *syncRecorder) Create(name string) (File, error) {
+	f, err := r.FS.Create(name)
+	seq := r.seq.Add(1) // after the directory entry exists
+	r.mu.Lock()
+	r.created[name] = seq
+	after := r.afterCreate
+	r.mu.Unlock()
+	if after != nil {
+		after(name)
+	}
+	return f, err
 }
 
 func (r *syncRecorder) Rename(o, n string) error {
@@ -88,21 +104,22 @@ func TestGroupCommit(t *testing.T) {
 
 	// Hold the first queue/ sync until every Put has committed, so that the
 	// others pile up behind it and must share the next one.
-	allRenamed := make(chan struct{})
-	var renames atomic.Int32
+	allCommitted := make(chan struct{})
+	var commits atomic.Int32
 	rec.mu.Lock()
 	rec.gate = func(dir string, k int) {
 		if dir == queueDir && k == 0 {
 			select {
-			case <-allRenamed:
+			case <-allCommitted:
 			case <-time.After(waitLimit):
 				t.Errorf("not all Puts reached the commit")
 			}
 		}
 	}
-	rec.afterRename = func(p string) {
-		if strings.HasPrefix(p, queueDir) && renames.Add(1) == n {
-			close(allRenamed)
+	// The commit is the creation of the metadata under its final name.
+	rec.afterCreate = func(p string) {
+		if strings.HasPrefix(p, queueDir) && commits.Add(1) == n {
+			close(allCommitted)
 		}
 	}
 	rec.mu.Unlock()
@@ -129,7 +146,10 @@ func TestGroupCommit(t *testing.T) {
 		meta := filepath.Join(queueDir, string(id)+extMeta)
 		body := filepath.Join(bodyDir, string(id)+extBody)
 		rec.mu.Lock()
-		rm, rb := rec.renamed[meta], rec.renamed[body]
+		rm, rb := rec.created[meta], rec.created[body]
+		if rm == 0 || rb == 0 {
+			t.Fatalf("Put %s: metadata or body was not created through the FS", id)
+		}
 		rec.mu.Unlock()
 		if !rec.covered(queueDir, rm, returned[i]) {
 			t.Errorf("Put %s returned without a queue/ sync that started after its commit", id)
@@ -225,5 +245,38 @@ func TestDirSyncerReportsFailure(t *testing.T) {
 	fsys.fail.Store(false)
 	if err := d.sync(); err != nil {
 		t.Fatalf("sync after recovery = %v", err)
+	}
+}
+
+// TestRemovalSyncs: an operator's delete is durable before Delete returns;
+// the clean-up after a delivery costs no directory fsync (a crash that
+// undoes it only means the message is delivered again).
+func TestRemovalSyncs(t *testing.T) {
+	t.Parallel()
+	rec := newSyncRecorder()
+	te := newTestEnv(t, Options{FS: rec})
+	queueDir := filepath.Join(te.dir, dirQueue)
+	queueSyncs := func() int {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return len(rec.syncs[queueDir])
+	}
+
+	deleted := put(t, te.s, "Subject: x\r\n\r\ndelete me\r\n", "a@x")
+	before := queueSyncs()
+	if err := te.s.Delete(deleted); err != nil {
+		t.Fatal(err)
+	}
+	if queueSyncs() == before {
+		t.Error("Delete returned without syncing queue/")
+	}
+
+	delivered := put(t, te.s, "Subject: x\r\n\r\ndeliver me\r\n", "a@x")
+	before = queueSyncs()
+	run(t, te.s, &deliverer{})
+	te.ev.wait(t, EventDelivered, delivered)
+	waitGone(t, te.s, delivered)
+	if n := queueSyncs() - before; n != 0 {
+		t.Errorf("delivery clean-up synced queue/ %d times, want 0", n)
 	}
 }

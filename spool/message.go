@@ -1,9 +1,11 @@
 package spool
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 )
 
@@ -83,6 +85,20 @@ func encodeMessage(m *Message) ([]byte, error) {
 		return nil, fmt.Errorf("spool: encode metadata: %w", err)
 	}
 	return append(b, '\n'), nil
+}
+
+// incompleteMeta reports whether data is a metadata file whose first
+// write a crash cut short: empty, or JSON that ends early (some file
+// systems fill the unwritten rest with zeros). Anything else that does not
+// decode is corruption, kept for an operator to look at.
+func incompleteMeta(data []byte) bool {
+	data = bytes.TrimRight(data, "\x00")
+	if len(bytes.TrimSpace(data)) == 0 {
+		return true
+	}
+	var v json.RawMessage
+	err := json.NewDecoder(bytes.NewReader(data)).Decode(&v)
+	return errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // decodeMessage decodes and validates metadata. want, if not empty, is the

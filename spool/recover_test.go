@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -69,6 +70,33 @@ func TestOpenRecovers(t *testing.T) {
 			name: "body without metadata",
 			setup: func(t *testing.T, dir string) {
 				writeFile(t, filepath.Join(dir, dirBody, string(bad)+extBody), "Subject: x\r\n\r\nnever committed\r\n")
+			},
+			wantEvent: EventRemovedTemp,
+		},
+		{
+			// Put writes the metadata under its final name: a crash during
+			// that first write leaves it short, never acknowledged.
+			name: "metadata cut short by a crash",
+			setup: func(t *testing.T, dir string) {
+				full := metaJSON(t, testMessage(bad, Pending))
+				writeFile(t, filepath.Join(dir, dirQueue, string(bad)+extMeta), full[:len(full)/2])
+				writeFile(t, filepath.Join(dir, dirBody, string(bad)+extBody), "Subject: x\r\n\r\nbody\r\n")
+			},
+			wantEvent: EventRemovedTemp,
+		},
+		{
+			name: "empty metadata",
+			setup: func(t *testing.T, dir string) {
+				writeFile(t, filepath.Join(dir, dirQueue, string(bad)+extMeta), "")
+				writeFile(t, filepath.Join(dir, dirBody, string(bad)+extBody), "Subject: x\r\n\r\nbody\r\n")
+			},
+			wantEvent: EventRemovedTemp,
+		},
+		{
+			name: "metadata cut short with a zero-filled tail",
+			setup: func(t *testing.T, dir string) {
+				full := metaJSON(t, testMessage(bad, Pending))
+				writeFile(t, filepath.Join(dir, dirQueue, string(bad)+extMeta), full[:len(full)/3]+strings.Repeat("\x00", 200))
 			},
 			wantEvent: EventRemovedTemp,
 		},

@@ -249,12 +249,18 @@ func (s *Spool) Close() error {
 	close(s.done)
 	s.mu.Unlock()
 	s.ops.Wait()
-	if s.lock != nil {
-		if err := s.lock.Close(); err != nil {
-			return fmt.Errorf("spool: release lock: %w", err)
+	var errs []error
+	for _, d := range []*dirSyncer{s.bodySync, s.queueSync, s.failedSync} {
+		if err := d.close(); err != nil {
+			errs = append(errs, fmt.Errorf("spool: close %s: %w", d.dir, err))
 		}
 	}
-	return nil
+	if s.lock != nil {
+		if err := s.lock.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("spool: release lock: %w", err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Dir returns the spool directory.
@@ -324,7 +330,7 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 
 	now := s.now()
 	finalBody := s.path(dirBody, string(id)+extBody)
-	tmpMeta, finalMeta := s.path(dirTmp, string(id)+extMeta), s.path(dirQueue, string(id)+extMeta)
+	finalMeta := s.path(dirQueue, string(id)+extMeta)
 
 	// The body goes straight to its final name: without metadata it is not
 	// a message (Open removes such leftovers), so a temp name and a rename
@@ -390,27 +396,31 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 	if err != nil {
 		return err
 	}
-	if _, err := s.writeFile(tmpMeta, bytes.NewReader(data), nil); err != nil {
-		return fmt.Errorf("spool: write metadata: %w", err)
-	}
+	// The metadata must not name a body that a crash could still take
+	// away.
 	if !bodyDirSynced {
 		if err := s.bodySync.sync(); err != nil {
-			s.fs.Remove(tmpMeta)
 			return fmt.Errorf("spool: sync body directory: %w", err)
 		}
 	}
-	// Last chance to give up: past the rename the message exists.
+	// Last chance to give up: once the metadata is durable the message
+	// exists.
 	if err := ctx.Err(); err != nil {
-		s.fs.Remove(tmpMeta)
 		return fmt.Errorf("spool: put: %w", err)
 	}
-	if err := s.fs.Rename(tmpMeta, finalMeta); err != nil {
-		s.fs.Remove(tmpMeta)
-		return fmt.Errorf("spool: commit metadata: %w", err)
-	}
+	// The metadata is the commit marker, written under its final name: a
+	// temp name and a rename would cost another round of fsyncs per
+	// message. Its fsync and the queue directory's run together; the 250
+	// waits for both. A crash before then can leave a first write cut
+	// short, which Open recognises (incompleteMeta) and removes with its
+	// body; such a message was never acknowledged.
 	committed = true
-	if err := s.queueSync.sync(); err != nil {
-		return fmt.Errorf("spool: sync queue directory: %w", err)
+	var queueErr error
+	if _, err := s.writeFile(finalMeta, bytes.NewReader(data), func() { queueErr = s.queueSync.sync() }); err != nil {
+		return fmt.Errorf("spool: write metadata: %w", err)
+	}
+	if queueErr != nil {
+		return fmt.Errorf("spool: sync queue directory: %w", queueErr)
 	}
 	s.schedule(id, now)
 	return nil
@@ -630,17 +640,21 @@ func (s *Spool) Delete(id ID) error {
 		delete(s.items, id)
 	}
 	s.mu.Unlock()
-	if err := s.removeFiles(id); err != nil {
+	if err := s.removeFiles(id, true); err != nil {
 		return fmt.Errorf("spool: delete %s: %w", id, err)
 	}
 	s.event(Event{Kind: EventDeleted, ID: id})
 	return nil
 }
 
-// removeFiles removes a message from the queue: metadata first (durably),
-// then the body, so a crash in between leaves only an orphan body, which
-// Open cleans up.
-func (s *Spool) removeFiles(id ID) error {
+// removeFiles removes a message from the queue: metadata first, then the
+// body, so a crash in between leaves only an orphan body, which Open
+// cleans up. An operator's delete is made durable before it is reported;
+// the clean-up after delivery is not worth an fsync per message: a crash
+// that undoes it makes the message be delivered again (the journal of an
+// ordered file system such as ext4 or XFS keeps the two removals in order,
+// so it cannot leave the metadata without its body).
+func (s *Spool) removeFiles(id ID, durable bool) error {
 	err := s.fs.Remove(s.path(dirQueue, string(id)+extMeta))
 	if errors.Is(err, fs.ErrNotExist) {
 		return ErrNotFound
@@ -648,8 +662,10 @@ func (s *Spool) removeFiles(id ID) error {
 	if err != nil {
 		return err
 	}
-	if err := s.queueSync.sync(); err != nil {
-		return err
+	if durable {
+		if err := s.queueSync.sync(); err != nil {
+			return err
+		}
 	}
 	if err := s.fs.Remove(s.path(dirBody, string(id)+extBody)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
@@ -687,6 +703,13 @@ func (s *Spool) recover(snap recoverySnapshot) error {
 			return fmt.Errorf("spool: read %s: %w", name, err)
 		}
 		m, err := decodeMessage(data, id)
+		if err != nil && incompleteMeta(data) {
+			// The first write of a Put that a crash cut short: never
+			// acknowledged, so never a message.
+			s.event(Event{Kind: EventRemovedTemp, ID: id, Err: s.removeUncommitted(name, id)})
+			delete(bodies, string(id)+extBody)
+			continue
+		}
 		if err != nil {
 			if err := s.quarantine(name, id, err); err != nil {
 				return err
@@ -745,6 +768,19 @@ func (s *Spool) recover(snap recoverySnapshot) error {
 		s.event(Event{Kind: EventRemovedTemp, ID: id, Err: err})
 	}
 	return nil
+}
+
+// removeUncommitted removes the metadata and body of a Put that a crash
+// interrupted, and says so.
+func (s *Spool) removeUncommitted(name string, id ID) error {
+	err := s.fs.Remove(s.path(dirQueue, name))
+	if berr := s.fs.Remove(s.path(dirBody, string(id)+extBody)); !errors.Is(berr, fs.ErrNotExist) {
+		err = errors.Join(err, berr)
+	}
+	if err != nil {
+		return fmt.Errorf("spool: remove incomplete metadata %s: %w", name, err)
+	}
+	return fmt.Errorf("spool: removed incomplete metadata %s (a submission interrupted before it was acknowledged)", name)
 }
 
 func (s *Spool) nameSet(sub string) (map[string]bool, error) {
