@@ -7,6 +7,10 @@
 #   bench/sealpost.sh [dkim|nodkim] [run.sh options...]
 #   e.g. N=5000 bench/sealpost.sh dkim -n 5000 -c "1 10 50" -r 3 -W 500
 #
+# With SEALPOST_BENCH_SETUP_ONLY=1 it only builds and configures (in
+# $SEALPOST_BENCH_WORK, default /tmp/sealpost-bench): bench/queue-scale.sh
+# uses that.
+#
 # The kit's sink must be running (../shared/bench/sink.sh start).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -60,6 +64,7 @@ level = "warn"
 
 $dkim
 TOML
+[ -z "${SEALPOST_BENCH_SETUP_ONLY:-}" ] || exit 0
 "$work/sealpost" serve -config "$work/relay.toml" 2>"$work/serve.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
