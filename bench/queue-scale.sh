@@ -60,7 +60,7 @@ echo "queue list: $listed messages in $(secs "$t0" "$t1") s"
 sleep 1
 echo "after restart: daemon RSS $(rss_mb "$pid") MB"
 
-bash "$kit/sink.sh" start >/dev/null
+bash "$kit/sink.sh" start >/dev/null 2>&1
 curl -s "http://127.0.0.1:20080/reset" >/dev/null
 t0=$(now)
 "$bin" queue flush -config "$cfg" >/dev/null

@@ -39,6 +39,7 @@ run_as_root = true
 [listen]
 addrs = ["127.0.0.1:$port"]
 socket = ""
+control_socket = "$work/control.sock"
 max_connections = 200
 max_connections_per_client = 200
 
