@@ -63,10 +63,15 @@ type Event struct {
 
 // item is the scheduler's view of a queued message; the metadata itself
 // stays on disk and is read per attempt, so memory does not grow with
-// message or envelope size.
+// message or envelope size. The exception is fresh: the metadata of a
+// message this process just committed, kept for its first attempt (most
+// mail is delivered then, and reading back what was just written costs an
+// open, a read and a JSON decode per message); at most maxFresh items hold
+// one at a time.
 type item struct {
 	id      ID
 	next    time.Time
+	fresh   *Message
 	index   int  // in the heap; -1 when not in it
 	busy    bool // with a worker
 	deleted bool // Delete was called while busy
@@ -104,16 +109,36 @@ func (h *schedHeap) Pop() any {
 	return it
 }
 
-// schedule adds a freshly committed message to the heap.
-func (s *Spool) schedule(id ID, next time.Time) {
+// maxFresh bounds how many just-committed messages keep their metadata
+// in memory until their first attempt: while the upstream is down they
+// pile up, and the queue's memory must not grow with its length.
+const maxFresh = 1024
+
+// schedule adds a freshly committed message m to the heap.
+func (s *Spool) schedule(m *Message) {
 	s.mu.Lock()
-	if _, ok := s.items[id]; !ok {
-		it := &item{id: id, next: next}
-		s.items[id] = it
+	if _, ok := s.items[m.ID]; !ok {
+		it := &item{id: m.ID, next: m.NextAttempt}
+		if s.fresh < maxFresh {
+			it.fresh = m
+			s.fresh++
+		}
+		s.items[m.ID] = it
 		heap.Push(&s.sched, it)
 	}
 	s.mu.Unlock()
 	s.Kick()
+}
+
+// takeFresh returns the metadata kept for it's first attempt, if any.
+// Called with s.mu held.
+func (s *Spool) takeFresh(it *item) *Message {
+	m := it.fresh
+	if m != nil {
+		it.fresh = nil
+		s.fresh--
+	}
+	return m
 }
 
 // Kick makes Run look for due messages now instead of when its timer fires.
@@ -286,6 +311,7 @@ func (s *Spool) release(it *item, next time.Time) {
 	s.mu.Lock()
 	it.busy = false
 	if it.deleted {
+		s.takeFresh(it)
 		delete(s.items, it.id)
 		s.mu.Unlock()
 		err := s.removeFiles(it.id, true)
@@ -316,7 +342,13 @@ func (s *Spool) forget(it *item) {
 
 // attempt makes one delivery attempt of a busy item and records the result.
 func (s *Spool) attempt(ctx context.Context, d Deliverer, it *item) {
-	m, err := s.Get(it.id)
+	s.mu.Lock()
+	m := s.takeFresh(it)
+	s.mu.Unlock()
+	var err error
+	if m == nil {
+		m, err = s.Get(it.id)
+	}
 	switch {
 	case errors.Is(err, ErrNotFound):
 		s.forget(it)

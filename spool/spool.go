@@ -123,6 +123,7 @@ type Spool struct {
 	mu      sync.Mutex
 	items   map[ID]*item // every message of the active queue this process knows
 	sched   schedHeap    // the items not being delivered, by next attempt
+	fresh   int          // items holding their metadata in memory (maxFresh)
 	closed  bool
 	running bool
 	// pausedUntil holds back all deliveries: the deliverer said its
@@ -422,7 +423,7 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 	if queueErr != nil {
 		return fmt.Errorf("spool: sync queue directory: %w", queueErr)
 	}
-	s.schedule(id, now)
+	s.schedule(msg)
 	return nil
 }
 
@@ -636,6 +637,7 @@ func (s *Spool) Delete(id ID) error {
 		return nil
 	}
 	if it != nil {
+		s.takeFresh(it)
 		heap.Remove(&s.sched, it.index)
 		delete(s.items, id)
 	}
