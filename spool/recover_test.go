@@ -223,10 +223,18 @@ func TestCorruptAtDeliveryTime(t *testing.T) {
 	t.Parallel()
 	te := newTestEnv(t, Options{})
 	id := put(t, te.s, "x", "a@x")
+	// Queued by an earlier process: this one reads the metadata from disk
+	// at delivery time (its own fresh messages it delivers first from
+	// memory).
+	te.s.Close()
+	s := te.open(t, Options{})
+	if err := s.waitRecovered(); err != nil {
+		t.Fatal(err)
+	}
 	// Damaged after Open loaded it (a disk error, a stray editor).
 	writeFile(t, filepath.Join(te.dir, dirQueue, string(id)+extMeta), "garbage")
 	d := &deliverer{}
-	run(t, te.s, d)
+	run(t, s, d)
 	ev := te.ev.wait(t, EventCorrupt, id)
 	if !errors.Is(ev.Err, ErrCorrupt) {
 		t.Errorf("event err %v, want ErrCorrupt", ev.Err)
