@@ -17,6 +17,12 @@
 //     which prints as "[redacted]" through fmt, slog and encoding/json, and
 //     server replies to AUTH are scrubbed of anything that echoes them.
 //
+// go-smtp's Client greets and authenticates; the mail transactions are
+// driven by transaction.go, which pipelines the envelope when the upstream
+// offers PIPELINING (RFC 2920) and writes the body through one large
+// buffer, so a message on a reused connection costs two writes and two
+// round trips.
+//
 // The package knows nothing of the spool; the spool calls Deliver through
 // an interface of its own.
 package upstream

@@ -64,7 +64,8 @@ var (
 )
 
 // Error is the error Deliver returns. Op is where it happened: "dial",
-// "greeting", "ehlo", "starttls", "tls", "auth", "mail", "rcpt" or "data".
+// "greeting", "ehlo", "starttls", "tls", "auth", "rset" (a reused
+// connection that failed before MAIL), "mail", "rcpt" or "data".
 // Code, EnhancedCode and Message are the server's reply when there was one.
 //
 // Error() never contains a credential: the secret is never put into an

@@ -122,7 +122,7 @@ func (p *Pool) Deliver(ctx context.Context, msg Message, body io.Reader) (perRcp
 	for reused := !probe; ; reused = false {
 		var pc *pooled
 		if reused {
-			pc = p.take(ctx)
+			pc = p.take()
 		}
 		if pc == nil {
 			reused = false
@@ -137,19 +137,15 @@ func (p *Pool) Deliver(ctx context.Context, msg Message, body io.Reader) (perRcp
 			p.put(pc)
 			return perRcpt, info, nil
 		}
-		if refusedCleanly(err) && ctx.Err() == nil {
+		if refusedCleanly(err) && !pc.s.broken && ctx.Err() == nil {
 			// The server answered and the dialogue is intact: the next
-			// message can use the connection (take sends RSET first).
+			// message can use the connection (send begins it with RSET).
 			pc.sent++
 			p.put(pc)
 			return perRcpt, info, err
 		}
 		pc.s.close()
-		var e *Error
-		if reused && errors.As(err, &e) && e.Op == "mail" && (e.Code == 0 || e.Code == 421) && ctx.Err() == nil {
-			// The idle connection died under us (server timeout, 421
-			// shutting down) before MAIL was accepted: nothing of this
-			// message reached the upstream, so a fresh connection is safe.
+		if reused && staleConnection(err) && ctx.Err() == nil {
 			continue
 		}
 		return perRcpt, info, err
@@ -203,25 +199,20 @@ func (p *Pool) dial(ctx context.Context) (*pooled, error) {
 	return &pooled{s: s}, nil
 }
 
-// take returns an idle connection reset for the next transaction, or nil.
-func (p *Pool) take(ctx context.Context) *pooled {
-	for {
-		p.mu.Lock()
-		n := len(p.idle)
-		if n == 0 {
-			p.mu.Unlock()
-			return nil
-		}
-		pc := p.idle[n-1]
-		p.idle = p.idle[:n-1]
-		p.mu.Unlock()
-		pc.timer.Stop()
-		if err := pc.s.reset(ctx); err != nil {
-			pc.s.close()
-			continue
-		}
-		return pc
+// take returns an idle connection, or nil. Whether it is still alive is
+// found out by the RSET that send puts before the next MAIL (in the same
+// write when the upstream pipelines).
+func (p *Pool) take() *pooled {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.idle)
+	if n == 0 {
+		return nil
 	}
+	pc := p.idle[n-1]
+	p.idle = p.idle[:n-1]
+	pc.timer.Stop()
+	return pc
 }
 
 // put keeps a connection for the next message, or closes it when it has
@@ -312,14 +303,16 @@ func (c *Client) loadSecret(ctx context.Context) (Secret, error) {
 	return secret, nil
 }
 
-// reset starts a new transaction on a reused connection; an error means
-// the connection is no good.
-func (s *session) reset(ctx context.Context) error {
-	defer s.watch(ctx)()
-	if err := s.smt.Reset(); err != nil {
-		return newError(ctx, "rset", err)
+// staleConnection reports whether a reused connection failed before any
+// of the message could have been accepted: RSET went unanswered or was
+// refused, or MAIL met a dead connection or a 421 (server timeout,
+// shutting down). A fresh connection is then safe.
+func staleConnection(err error) bool {
+	var e *Error
+	if !errors.As(err, &e) {
+		return false
 	}
-	return nil
+	return e.Op == "rset" || e.Op == "mail" && (e.Code == 0 || e.Code == 421)
 }
 
 // refusedCleanly reports whether err is the upstream refusing this message

@@ -17,12 +17,26 @@ import (
 )
 
 // session is one connection to the upstream, past TLS and AUTH. Deliver
-// uses it for a single message; connection reuse will call send again.
+// uses it for a single message; the Pool calls send again for the next.
+// A session is used by one goroutine at a time.
 type session struct {
 	c   *Client
 	raw net.Conn
 	tls *tls.Conn
+	// smt greets and authenticates; after that, transaction.go drives the
+	// connection through r and w.
 	smt *smtp.Client
+
+	r       *textproto.Reader
+	limit   *cappedReader
+	w       *bufio.Writer
+	scratch []byte // the body copy's buffer, kept between messages
+
+	// What the upstream's EHLO advertised.
+	pipelining, eightBit, size bool
+
+	used   bool // a transaction was started; the next one begins with RSET
+	broken bool // out of step with the server or the connection failed: never reuse
 }
 
 // open dials, establishes verified TLS, greets and authenticates. On error
@@ -65,6 +79,7 @@ func (c *Client) open(ctx context.Context, secret Secret) (*session, error) {
 			return s, err
 		}
 	}
+	s.startTransactions()
 	return s, nil
 }
 
@@ -161,7 +176,8 @@ func replyError(err error) error {
 				ec[i] = n
 			}
 			if valid {
-				se.EnhancedCode, se.Message = ec, rest
+				// RFC 2034 repeats the enhanced code on every line.
+				se.EnhancedCode, se.Message = ec, strings.ReplaceAll(rest, "\n"+code+" ", "\n")
 			}
 		}
 	}
@@ -237,76 +253,18 @@ func (s *session) auth(ctx context.Context, secret Secret) error {
 	return e
 }
 
-// send runs one mail transaction on an open session.
-func (s *session) send(ctx context.Context, msg Message, body io.Reader) (perRcpt []error, reply string, err error) {
-	defer s.watch(ctx)()
-	if err := s.requireTLS("mail"); err != nil {
-		return nil, "", err
-	}
-	if msg.Size > 0 {
-		if limit, ok := s.smt.MaxMessageSize(); ok && limit > 0 && msg.Size > int64(limit) {
-			// The upstream said in advance it will refuse this; no point in
-			// sending it, and no point in retrying.
-			return nil, "", &Error{Op: "mail", Code: 552, EnhancedCode: [3]int{5, 3, 4},
-				Message: fmt.Sprintf("message is %d bytes, the upstream accepts at most %d", msg.Size, limit)}
-		}
-	}
-	if msg.SMTPUTF8 {
-		if ok, _ := s.smt.Extension("SMTPUTF8"); !ok {
-			return nil, "", &Error{Op: "mail", Code: 553, EnhancedCode: [3]int{5, 6, 7},
-				Message: "message needs SMTPUTF8, which the upstream does not offer"}
-		}
-	}
-	if err := s.smt.Mail(msg.From, &smtp.MailOptions{Size: msg.Size, UTF8: msg.SMTPUTF8}); err != nil {
-		return nil, "", newError(ctx, "mail", err)
-	}
-
-	perRcpt = make([]error, len(msg.To))
-	accepted := 0
-	for i, to := range msg.To {
-		err := s.smt.Rcpt(to, nil)
-		if err == nil {
-			accepted++
-			continue
-		}
-		e := newError(ctx, "rcpt", err)
-		if e.Code == 0 {
-			// Not a reply but a broken connection: the attempt is over.
-			return perRcpt, "", e
-		}
-		perRcpt[i] = e
-	}
-	if accepted == 0 {
-		_ = s.smt.Reset()
-		return perRcpt, "", &Error{Op: "rcpt", Message: fmt.Sprintf("all %d recipients refused", len(msg.To)), Err: ErrAllRecipientsRefused}
-	}
-
-	w, err := s.smt.Data()
-	if err != nil {
-		return perRcpt, "", newError(ctx, "data", err)
-	}
-	src := &readErrorReader{r: body}
-	if _, err := io.Copy(w, src); err != nil {
-		if src.err != nil {
-			// Closing w would send the final dot and deliver a truncated
-			// message; dropping the connection makes the upstream discard it.
-			s.raw.Close()
-			return perRcpt, "", &Error{Op: "data", Message: "reading the message body", Err: src.err}
-		}
-		return perRcpt, "", newError(ctx, "data", err)
-	}
-	resp, err := w.CloseWithResponse()
-	if err != nil {
-		return perRcpt, "", newError(ctx, "data", err)
-	}
-	return perRcpt, resp.StatusText, nil
-}
-
 // quitTimeout bounds the wait for the reply to QUIT, which only matters
 // for politeness: the message is already delivered.
 const quitTimeout = 10 * time.Second
 
 func (s *session) quit() {
+	if s.broken {
+		return
+	}
+	if s.w != nil {
+		s.quitTransactions()
+		return
+	}
 	if s.smt != nil {
 		// go-smtp sets its own deadline per command, so shorten that rather
 		// than wait minutes for a courtesy reply.
