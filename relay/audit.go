@@ -24,7 +24,13 @@ func newAuditLog(l *slog.Logger) *auditLog {
 
 func (a *auditLog) record(event string, attrs ...slog.Attr) {
 	a.metrics.observe(event, attrs)
-	a.log.LogAttrs(context.Background(), slog.LevelInfo, event, append([]slog.Attr{slog.String("event", event)}, attrs...)...)
+	ctx := context.Background()
+	// Asked first so that, when the operational log is above info and no
+	// audit file is set, the record is not copied only to be dropped.
+	if !a.log.Enabled(ctx, slog.LevelInfo) {
+		return
+	}
+	a.log.LogAttrs(ctx, slog.LevelInfo, event, append([]slog.Attr{slog.String("event", event)}, attrs...)...)
 }
 
 func (a *auditLog) refused(ip netip.Addr, rule string, reply *smtp.SMTPError) {

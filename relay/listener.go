@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bytes"
+	"context"
 	"net"
 	"net/netip"
 	"strconv"
@@ -21,9 +22,15 @@ type guardedListener struct {
 	limiter *policy.ConnLimiter
 	audit   *auditLog
 	open    *connSet
+
+	// peers looks up who is behind each connection; made on the first
+	// Accept so that a listener built as a plain struct has one too.
+	peersOnce sync.Once
+	peers     *peerFinder
 }
 
 func (l *guardedListener) Accept() (net.Conn, error) {
+	l.peersOnce.Do(func() { l.peers = newPeerFinder() })
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
@@ -45,14 +52,41 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			go refuse(c, replyBusy.Code, "4.7.0", "Too many connections from your address, try again later")
 			continue
 		}
-		rc := &releasingConn{Conn: c, peer: sync.OnceValue(func() peer { return lookupPeer(c) })}
-		rc.release = func() {
-			l.open.remove(rc)
-			l.limiter.Release(ip)
-		}
+		rc := &releasingConn{Conn: c, owner: l, ip: ip, peers: l.peers}
 		l.open.add(rc)
 		return rc, nil
 	}
+}
+
+// Close stops accepting and lets go of the kept peer-lookup sockets.
+func (l *guardedListener) Close() error {
+	err := l.Listener.Close()
+	l.peersOnce.Do(func() {}) // no finder is made after this
+	l.peers.close()
+	return err
+}
+
+// listenTCP listens on addr for SMTP clients. On a loopback address TCP
+// keepalive is left off: Go turns it on for every accepted connection, four
+// setsockopt calls each (the costliest part of an accept here), yet a
+// client on this host cannot vanish without the kernel closing its end,
+// and one that idles is ended by listen.read_timeout anyway. Elsewhere the
+// default stays.
+func listenTCP(addr string) (net.Listener, error) {
+	var lc net.ListenConfig
+	if isLoopbackHostPort(addr) {
+		lc.KeepAlive = -1
+	}
+	return lc.Listen(context.Background(), "tcp", addr)
+}
+
+func isLoopbackHostPort(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 // refuse answers a refused client and hangs up. The deadline keeps a client
@@ -67,13 +101,27 @@ func refuse(c net.Conn, code int, enhanced, msg string) {
 // times Close is called, and watches the raw byte stream for bare CR and LF.
 type releasingConn struct {
 	net.Conn
-	once    sync.Once
-	release func()
-	endings lineEndingWatch
-	hangup  atomic.Bool
-	// peer is the local sender, looked up on first use by the session's
-	// goroutine so a slow /proc scan never holds up Accept.
-	peer func() peer
+	released atomic.Bool
+	owner    *guardedListener // nil in tests: nothing to give back
+	ip       netip.Addr
+	endings  lineEndingWatch
+	hangup   atomic.Bool
+
+	// The local sender, looked up on first use by the session's goroutine
+	// so a slow /proc scan never holds up Accept.
+	peers    *peerFinder
+	peerOnce sync.Once
+	peerVal  peer
+
+	// held is the start of a multi-line reply, written out with its last
+	// line (see Write). Only the connection's goroutine writes replies.
+	held []byte
+}
+
+// peer is the local process behind the connection.
+func (c *releasingConn) peer() peer {
+	c.peerOnce.Do(func() { c.peerVal = c.peers.lookup(c.Conn) })
+	return c.peerVal
 }
 
 // hangUpAfterReply ends the connection once the next reply is written. It
@@ -87,13 +135,47 @@ func (c *releasingConn) hangUpAfterReply() {
 	_ = c.Conn.SetReadDeadline(time.Now())
 }
 
+// maxHeldReply bounds what Write holds back; an EHLO reply is about 150
+// bytes. Past it, what is held goes out early: still in order, only in
+// more than one write.
+const maxHeldReply = 2048
+
+// Write sends a multi-line reply in one write. go-smtp flushes every line
+// of a reply on its own, so the eight lines of the EHLO reply were eight
+// write calls and eight TCP segments, each waking the client. A line that
+// says more follows ("250-...") is held back until the reply's last line
+// ("250 ...") comes; go-smtp always ends a reply with one.
 func (c *releasingConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
+	if isContinuationLine(p) && len(c.held)+len(p) <= maxHeldReply {
+		c.held = append(c.held, p...)
+		return len(p), nil
+	}
+	var n int
+	var err error
+	if len(c.held) == 0 {
+		n, err = c.Conn.Write(p)
+	} else {
+		held := len(c.held)
+		c.held = append(c.held, p...)
+		n, err = c.Conn.Write(c.held)
+		c.held = c.held[:0]
+		n = max(n-held, 0)
+	}
 	if c.hangup.Load() {
 		c.Close()
 	}
 	return n, err
 }
+
+// isContinuationLine reports whether p is one whole reply line that is not
+// the reply's last: three digits, a hyphen, text, CRLF.
+func isContinuationLine(p []byte) bool {
+	return len(p) >= 6 && p[3] == '-' &&
+		isDigit(p[0]) && isDigit(p[1]) && isDigit(p[2]) &&
+		p[len(p)-2] == '\r' && p[len(p)-1] == '\n'
+}
+
+func isDigit(b byte) bool { return '0' <= b && b <= '9' }
 
 func (c *releasingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
@@ -168,7 +250,7 @@ func hangUpAfterReply(c net.Conn) {
 
 // peerOf is the local process behind c, when the kernel can tell.
 func peerOf(c net.Conn) peer {
-	if rc, ok := c.(*releasingConn); ok && rc.peer != nil {
+	if rc, ok := c.(*releasingConn); ok {
 		return rc.peer()
 	}
 	return unknownPeer
@@ -183,7 +265,10 @@ func bareLineEnding(c net.Conn) bool {
 
 func (c *releasingConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(c.release)
+	if l := c.owner; l != nil && c.released.CompareAndSwap(false, true) {
+		l.open.remove(c)
+		l.limiter.Release(c.ip)
+	}
 	return err
 }
 

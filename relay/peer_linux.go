@@ -52,14 +52,14 @@ func programOf(proc string, pid int) string {
 // tcpPeer finds the owner of a loopback TCP client's socket, as identd
 // does: the client's end of the connection is in /proc/net/tcp (or tcp6)
 // with the local and remote addresses swapped. Only a client on this host
-// has that entry.
-func tcpPeer(c *net.TCPConn) peer {
+// has that entry. diag may be nil.
+func tcpPeer(c *net.TCPConn, diag *diagSockets) peer {
 	server, ok1 := addrPort(c.LocalAddr())
 	client, ok2 := addrPort(c.RemoteAddr())
 	if !ok1 || !ok2 || !(client.Addr().IsLoopback() || client.Addr() == server.Addr()) {
 		return unknownPeer
 	}
-	if uid, found, err := sockDiagOwner(client, server); err == nil {
+	if uid, found, err := diag.owner(client, server); err == nil {
 		if found {
 			return peer{uid: uid}
 		}

@@ -24,7 +24,10 @@ type session struct {
 	r        *Relay
 	conn     *smtp.Conn
 	clientIP netip.Addr
-	peer     peer // the local user and program, when the kernel says
+	// clientAddr is clientIP as the log, the limits and the spool write it,
+	// made once rather than at every command.
+	clientAddr string
+	peer       peer // the local user and program, when the kernel says
 
 	from     string
 	smtputf8 bool
@@ -32,7 +35,8 @@ type session struct {
 }
 
 func (r *Relay) newSession(c *smtp.Conn) (smtp.Session, error) {
-	return &session{r: r, conn: c, clientIP: clientIP(c.Conn().RemoteAddr()), peer: peerOf(c.Conn())}, nil
+	ip := clientIP(c.Conn().RemoteAddr())
+	return &session{r: r, conn: c, clientIP: ip, clientAddr: addrString(ip), peer: peerOf(c.Conn())}, nil
 }
 
 func (s *session) Reset() {
@@ -61,7 +65,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	if err := live.limits.allow(s.senderKey(from), s.peer.localUser(), s.clientKey()); err != nil {
 		s.r.audit.record("rejected", append([]slog.Attr{
-			slog.String("client_ip", addrString(s.clientIP)),
+			slog.String("client_ip", s.clientAddr),
 			slog.String("mail_from", from),
 			slog.String("rule", err.rule),
 			slog.String("reply", smtpErrorString(err.reply))}, s.peer.attrs()...)...)
@@ -88,7 +92,7 @@ func (s *session) senderKey(from string) string {
 	return strings.ToLower(from)
 }
 
-func (s *session) clientKey() string { return addrString(s.clientIP) }
+func (s *session) clientKey() string { return s.clientAddr }
 
 // Data runs the pipeline of one message: check line endings (all along) and
 // the header, edit the header, DKIM-sign, and stream it into the spool.
@@ -148,7 +152,7 @@ func (s *session) Data(r io.Reader) error {
 		From:       s.from,
 		To:         append([]string(nil), s.rcpts...),
 		SMTPUTF8:   s.smtputf8,
-		ClientAddr: addrString(s.clientIP),
+		ClientAddr: s.clientAddr,
 		LocalUser:  s.peer.localUser(),
 		TLS:        s.tlsVersion(),
 		MessageID:  messageID,
@@ -217,7 +221,7 @@ func (s *session) enforce(live *livePolicy, v *policy.Violation, from string, rc
 	reply := violationReply(v)
 	if live.mode == "report" && !alwaysEnforced(v.Rule) {
 		s.r.audit.record("flagged",
-			slog.String("client_ip", addrString(s.clientIP)),
+			slog.String("client_ip", s.clientAddr),
 			slog.String("mail_from", from),
 			slog.Any("rcpt", rcpts),
 			slog.String("rule", v.Rule),
@@ -231,7 +235,7 @@ func (s *session) enforce(live *livePolicy, v *policy.Violation, from string, rc
 // refuse records a refusal and returns the reply for it.
 func (s *session) refuse(v *policy.Violation, reply *smtp.SMTPError, from string, rcpts []string) error {
 	attrs := []slog.Attr{
-		slog.String("client_ip", addrString(s.clientIP)),
+		slog.String("client_ip", s.clientAddr),
 		slog.String("mail_from", from),
 		slog.String("rule", v.Rule),
 		slog.String("reason", v.Error()),
@@ -277,10 +281,10 @@ func (s *session) dataFailed(err error, size int64) error {
 		hangUpAfterReply(s.conn.Conn())
 	}
 	if rule == "spool" || rule == "dkim" {
-		s.r.log.Warn("message not accepted", slog.String("client_ip", addrString(s.clientIP)), slog.String("mail_from", s.from), slog.Any("err", err))
+		s.r.log.Warn("message not accepted", slog.String("client_ip", s.clientAddr), slog.String("mail_from", s.from), slog.Any("err", err))
 	}
 	s.r.audit.record("rejected",
-		slog.String("client_ip", addrString(s.clientIP)),
+		slog.String("client_ip", s.clientAddr),
 		slog.String("mail_from", s.from),
 		slog.Any("rcpt", s.rcpts),
 		slog.Int64("size", size),
