@@ -59,6 +59,11 @@ type Relay struct {
 
 	routes  *router      // every upstream, routes and failover (route.go)
 	control net.Listener // queue commands; nil when not configured
+
+	// dataReaders recycles the 32 KiB buffer each message is read through:
+	// allocating one per message made a garbage collection every few dozen
+	// messages.
+	dataReaders sync.Pool
 }
 
 // New checks everything that can be checked before serving — the upstream
@@ -124,7 +129,7 @@ func New(cfg *Config, opts Options) (_ *Relay, err error) {
 	r.server.ErrorLog = slogPrinter{logger.With(slog.String("component", "smtpd"))}
 
 	for _, a := range cfg.Listen.Addrs {
-		l, err := net.Listen("tcp", a.String())
+		l, err := listenTCP(a.String())
 		if err != nil {
 			return nil, fmt.Errorf("listen on %s (listen.addrs): %w", a, err)
 		}

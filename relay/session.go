@@ -111,7 +111,9 @@ func (s *session) Data(r io.Reader) error {
 
 	live := s.r.live.Load()
 	counted := &countingReader{r: r}
-	br := bufio.NewReaderSize(policy.NewLineChecker(counted), 32<<10)
+	br := s.r.dataReader(policy.NewLineChecker(counted))
+	// PutID has read what it needs by the time Data returns.
+	defer s.r.releaseDataReader(br)
 	h, err := policy.ReadHeader(br, policy.HeaderOptions{SMTPUTF8: s.smtputf8})
 	if err != nil {
 		return s.dataFailed(err, counted.n)
@@ -194,6 +196,19 @@ func (s *session) Data(r io.Reader) error {
 	}
 	s.r.audit.record("received", attrs...)
 	return replyQueued(string(id))
+}
+
+func (r *Relay) dataReader(src io.Reader) *bufio.Reader {
+	if br, ok := r.dataReaders.Get().(*bufio.Reader); ok {
+		br.Reset(src)
+		return br
+	}
+	return bufio.NewReaderSize(src, 32<<10)
+}
+
+func (r *Relay) releaseDataReader(br *bufio.Reader) {
+	br.Reset(nil) // drop the connection's reader
+	r.dataReaders.Put(br)
 }
 
 // editHeader makes the header fit to leave the host: Bcc never leaves it
