@@ -10,9 +10,23 @@ import (
 )
 
 // Built with -tags profile, sealpost writes a CPU profile of its first
-// $SEALPOST_CPUPROFILE_SECONDS seconds to $SEALPOST_CPUPROFILE: how the
-// README's profile findings are produced (bench/profile.sh).
+// $SEALPOST_CPUPROFILE_SECONDS seconds to $SEALPOST_CPUPROFILE, and a heap
+// profile to $SEALPOST_HEAPPROFILE every two seconds: how the README's
+// profile findings are produced (SEALPOST_BUILD_TAGS=profile with the
+// scripts in bench/).
 func init() {
+	if path := os.Getenv("SEALPOST_HEAPPROFILE"); path != "" {
+		go func() {
+			for {
+				time.Sleep(2 * time.Second)
+				if f, err := os.Create(path + ".tmp"); err == nil {
+					pprof.Lookup("heap").WriteTo(f, 0)
+					f.Close()
+					os.Rename(path+".tmp", path)
+				}
+			}
+		}()
+	}
 	path := os.Getenv("SEALPOST_CPUPROFILE")
 	if path == "" {
 		return

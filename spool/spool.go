@@ -444,9 +444,7 @@ func (s *Spool) writeFile(name string, r io.Reader, alongside func()) (n int64, 
 	}()
 	bp := s.bufs.Get().(*[]byte)
 	defer s.bufs.Put(bp)
-	// writerOnly hides any ReadFrom so that the copy goes through our
-	// bounded buffer and through the FS's Write (which tests intercept).
-	if n, err = io.CopyBuffer(writerOnly{f}, r, *bp); err != nil {
+	if n, err = copyFull(f, r, *bp); err != nil {
 		return n, err
 	}
 	if alongside != nil {
@@ -468,7 +466,28 @@ func (s *Spool) writeFile(name string, r io.Reader, alongside func()) (n int64, 
 	return n, nil
 }
 
-type writerOnly struct{ io.Writer }
+// copyFull copies r to w through buf, filling buf before each write: the
+// header and the body arrive as separate reads, and a small message then
+// still costs one write(2), not one per read.
+func copyFull(w io.Writer, r io.Reader, buf []byte) (n int64, err error) {
+	for {
+		k, rerr := io.ReadFull(r, buf)
+		if k > 0 {
+			wk, werr := w.Write(buf[:k])
+			n += int64(wk)
+			if werr != nil {
+				return n, werr
+			}
+		}
+		switch rerr {
+		case nil:
+		case io.EOF, io.ErrUnexpectedEOF:
+			return n, nil
+		default:
+			return n, rerr
+		}
+	}
+}
 
 // ctxReader stops a long body copy when the client has gone away.
 type ctxReader struct {
