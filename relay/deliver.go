@@ -11,7 +11,9 @@ import (
 // recorded by the routing deliverer (route.go), which knows the upstream's
 // reply and TLS version; the rest only the spool knows.
 func (r *Relay) spoolEvent(e spool.Event) {
-	if r.routes != nil && (e.Done || e.Kind == spool.EventDeleted) {
+	// A deferral is the last record of its attempt; the next attempt
+	// records its own upstream.
+	if r.routes != nil && (e.Done || e.Kind == spool.EventDeleted || e.Kind == spool.EventDeferred) {
 		defer r.routes.forget(e.ID)
 	}
 	if e.Kind == spool.EventDelivered {

@@ -40,8 +40,9 @@ type router struct {
 	log    *slog.Logger
 	now    func() time.Time
 
-	// lastUsed remembers, per queued message, the upstream its last attempt
-	// went to, so the spool's deferred/failed records can name it.
+	// lastUsed remembers, per message in an attempt, the upstream the
+	// attempt went to, so the spool's records of it can name it; the entry
+	// goes with the attempt's last record (deferred, or the final one).
 	lastUsed sync.Map // spool.ID → *routeUpstream
 
 	deliveries *prometheus.CounterVec // nil without metrics
@@ -316,9 +317,14 @@ func (d *routingDeliverer) Deliver(ctx context.Context, id spool.ID, env spool.E
 		}
 		msg := upstream.Message{From: d.envelopeFrom(env.From, u), To: to, SMTPUTF8: env.SMTPUTF8, Size: env.Size}
 		perRcpt, info, err := u.pool.Deliver(ctx, msg, body)
-		d.rt.lastUsed.Store(id, u)
 		var backoff *upstream.BackoffError
-		if errors.As(err, &backoff) {
+		if !errors.As(err, &backoff) {
+			// Only an attempt gets events that name its upstream; a
+			// message held back by a backoff gets none, and keeping an
+			// entry for each would grow with the queue in an outage.
+			d.rt.lastUsed.Store(id, u)
+		}
+		if backoff != nil {
 			d.rt.count(u, "backoff")
 			d.audit.metrics.upstreamAttempt(err, info, env.Received)
 			// Keyed by the routed upstream: its messages wait, others flow.

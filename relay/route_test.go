@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -347,5 +348,38 @@ func TestPartialDeliveryNamesTheRoutedUpstream(t *testing.T) {
 		if rec["upstream_name"] != "billing" || rec["upstream"] != billing.Addr() {
 			t.Errorf("%s record names %v at %v, want billing at %s", event, rec["upstream_name"], rec["upstream"], billing.Addr())
 		}
+	}
+}
+
+// TestRouteMemoryFollowsAttempts: the relay remembers which upstream a
+// message's attempt went to only until that attempt's records are written,
+// so an outage with a growing queue does not grow that memory.
+func TestRouteMemoryFollowsAttempts(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	cfg := newTestConfig(t, ca, closedAddr(t))
+	env := startRelay(t, cfg, nil)
+	const n = 5
+	for i := range n {
+		body := fmt.Sprintf("From: app@example.com\r\nTo: rcpt@example.org\r\nSubject: outage %d\r\n\r\nhi\r\n", i)
+		if _, err := send(t, env.addr, "app@example.com", []string{"rcpt@example.org"}, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env.logs.waitRecord(t, "deferred", 1)
+	entries := func() int {
+		k := 0
+		env.relay.routes.lastUsed.Range(func(any, any) bool { k++; return true })
+		return k
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for entries() != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if k := entries(); k != 0 {
+		t.Errorf("%d messages still remembered with %d queued and the upstream down, want 0", k, n)
+	}
+	if q, _ := env.relay.spool.Stats(); q != n {
+		t.Errorf("%d queued, want %d", q, n)
 	}
 }
