@@ -49,12 +49,30 @@ func TestCopyFullFillsBuffer(t *testing.T) {
 		})
 	}
 
-	// A reader's error (the client went away) stops the copy after what
-	// was read so far is written, and is returned.
-	var w writeCounter
-	cause := context.Canceled
-	n, err := copyFull(&w, io.MultiReader(strings.NewReader(head), iotest.ErrReader(cause)), buf)
-	if !errors.Is(err, cause) || n != int64(len(head)) {
-		t.Errorf("copyFull with a failing reader = %d, %v; want %d, %v", n, err, len(head), cause)
+	// A reader's error stops the copy and is returned; io.ErrUnexpectedEOF
+	// (the client hung up before the end of the data) is an error too, not
+	// the end of the message.
+	for _, cause := range []error{context.Canceled, io.ErrUnexpectedEOF} {
+		var w writeCounter
+		_, err := copyFull(&w, io.MultiReader(strings.NewReader(head), iotest.ErrReader(cause)), buf)
+		if !errors.Is(err, cause) {
+			t.Errorf("copyFull with a reader failing with %v = %v; want that error", cause, err)
+		}
 	}
+}
+
+// TestPutTruncatedBody: a body that ends with io.ErrUnexpectedEOF (the
+// client hung up before the final dot) is not a message: Put fails and
+// nothing is queued.
+func TestPutTruncatedBody(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{})
+	body := io.MultiReader(strings.NewReader("Subject: cut\r\n\r\nhalf of it"), iotest.ErrReader(io.ErrUnexpectedEOF))
+	if id, err := te.s.Put(context.Background(), Envelope{To: []string{"a@x"}}, body); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("Put = %q, %v; want io.ErrUnexpectedEOF", id, err)
+	}
+	if list, err := te.s.List(); err != nil || len(list) != 0 {
+		t.Errorf("List = %d messages, %v; want none", len(list), err)
+	}
+	assertEmptySpool(t, te.dir)
 }

@@ -468,10 +468,21 @@ func (s *Spool) writeFile(name string, r io.Reader, alongside func()) (n int64, 
 
 // copyFull copies r to w through buf, filling buf before each write: the
 // header and the body arrive as separate reads, and a small message then
-// still costs one write(2), not one per read.
+// still costs one write(2), not one per read. Only io.EOF ends the copy
+// well; any other error of r (io.ErrUnexpectedEOF included: the client
+// went away before the end of the data) is returned.
 func copyFull(w io.Writer, r io.Reader, buf []byte) (n int64, err error) {
 	for {
-		k, rerr := io.ReadFull(r, buf)
+		k := 0
+		var rerr error
+		for k < len(buf) && rerr == nil {
+			var m int
+			m, rerr = r.Read(buf[k:])
+			k += m
+		}
+		if rerr != nil && rerr != io.EOF {
+			return n, rerr
+		}
 		if k > 0 {
 			wk, werr := w.Write(buf[:k])
 			n += int64(wk)
@@ -479,12 +490,8 @@ func copyFull(w io.Writer, r io.Reader, buf []byte) (n int64, err error) {
 				return n, werr
 			}
 		}
-		switch rerr {
-		case nil:
-		case io.EOF, io.ErrUnexpectedEOF:
+		if rerr == io.EOF {
 			return n, nil
-		default:
-			return n, rerr
 		}
 	}
 }
