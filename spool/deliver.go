@@ -114,20 +114,35 @@ func (h *schedHeap) Pop() any {
 // pile up, and the queue's memory must not grow with its length.
 const maxFresh = 1024
 
-// schedule adds a freshly committed message m to the heap.
-func (s *Spool) schedule(m *Message) {
+// reserve registers a message that Put is about to commit, as busy: a
+// Delete in the meantime only marks it.
+func (s *Spool) reserve(id ID) *item {
+	it := &item{id: id, busy: true, index: -1}
 	s.mu.Lock()
-	if _, ok := s.items[m.ID]; !ok {
-		it := &item{id: m.ID, next: m.NextAttempt}
-		if s.fresh < maxFresh {
-			it.fresh = m
-			s.fresh++
-		}
-		s.items[m.ID] = it
-		heap.Push(&s.sched, it)
+	s.items[id] = it
+	s.mu.Unlock()
+	return it
+}
+
+// unreserve forgets a message whose Put failed (its files are removed).
+func (s *Spool) unreserve(it *item) {
+	s.mu.Lock()
+	if s.items[it.id] == it {
+		delete(s.items, it.id)
 	}
 	s.mu.Unlock()
-	s.Kick()
+}
+
+// schedule hands a freshly committed message m, reserved as it, to the
+// scheduler, or carries out a Delete that arrived while it was written.
+func (s *Spool) schedule(it *item, m *Message) {
+	s.mu.Lock()
+	if s.fresh < maxFresh && !it.deleted {
+		it.fresh = m
+		s.fresh++
+	}
+	s.mu.Unlock()
+	s.release(it, m.NextAttempt)
 }
 
 // takeFresh returns the metadata kept for it's first attempt, if any.

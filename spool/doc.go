@@ -35,10 +35,14 @@
 //     the message durable, and Put returns
 //
 // No temp name and rename for the first metadata: that would cost another
-// round of fsyncs for every message. A crash during step 3 can leave the
-// metadata empty or cut short; such a message was never acknowledged, and
-// Open removes it with its body (incompleteMeta). Metadata that is whole
-// but does not decode is quarantined in corrupt/ instead.
+// round of fsyncs for every message. Readers may see it before it is
+// durable; metadata that is empty or cut short (incompleteMeta) reads as
+// absent. A crash during step 3 can leave it so; such a message was never
+// acknowledged, but damage looks the same, so Open quarantines it in
+// corrupt/ with its body, like metadata that does not decode. Files are
+// created exclusively, so no name clash overwrites another message. A
+// Delete that finds the message before Put has returned is carried out
+// when Put ends.
 //
 // A body without metadata is an interrupted Put and is removed at Open.
 // After a delivery attempt that leaves recipients pending, the metadata is

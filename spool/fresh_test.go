@@ -1,12 +1,15 @@
 package spool
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // metaReadCounter counts reads of queue/ metadata.
@@ -88,5 +91,87 @@ func TestFirstAttemptFromMemory(t *testing.T) {
 	te.s.mu.Unlock()
 	if fresh != 0 {
 		t.Errorf("%d messages still counted in memory after delivery", fresh)
+	}
+}
+
+// gateQueueSync holds the first sync of queue/ until released.
+type gateQueueSync struct {
+	FS
+	queueDir string
+	once     sync.Once
+	entered  chan struct{}
+	release  chan struct{}
+}
+
+func (g *gateQueueSync) SyncDir(dir string) error {
+	if dir == g.queueDir {
+		g.once.Do(func() {
+			close(g.entered)
+			<-g.release
+		})
+	}
+	return g.FS.SyncDir(dir)
+}
+
+// TestDeleteDuringPut: once Put has written the metadata, `queue delete`
+// can see the message; a Delete then must win over the Put that is still
+// making it durable, not be undone by it (the message would come back
+// without its body and be retried until it expired).
+func TestDeleteDuringPut(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	g := &gateQueueSync{FS: OSFS(), queueDir: filepath.Join(dir, dirQueue, ""), entered: make(chan struct{}), release: make(chan struct{})}
+	ev := newEvents()
+	s, err := Open(dir, Options{FS: g, Events: ev.record})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	id := s.NewID()
+	done := make(chan error, 1)
+	go func() {
+		done <- s.PutID(context.Background(), id, Envelope{To: []string{"a@x"}}, strings.NewReader("Subject: x\r\n\r\nbody\r\n"), nil)
+	}()
+	select {
+	case <-g.entered:
+	case <-time.After(waitLimit):
+		t.Fatal("Put never synced queue/")
+	}
+	if _, err := s.Get(id); err != nil {
+		t.Fatalf("Get while Put commits = %v; the metadata is complete, so it should be visible", err)
+	}
+	if err := s.Delete(id); err != nil {
+		t.Fatalf("Delete while Put commits: %v", err)
+	}
+	close(g.release)
+	if err := <-done; err != nil {
+		t.Fatalf("Put: %v", err)
+	}
+	ev.wait(t, EventDeleted, id)
+	if _, err := s.Get(id); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get after the delete = %v, want ErrNotFound", err)
+	}
+	if n, _ := s.Stats(); n != 0 {
+		t.Errorf("%d messages queued after the delete, want 0", n)
+	}
+	d := &deliverer{}
+	stop := run(t, s, d)
+	stop()
+	if len(d.Calls()) != 0 {
+		t.Errorf("the deleted message was delivered")
+	}
+	assertEmptySpool(t, dir)
+}
+
+// TestIncompleteMetadataIsNotAMessage: readers take metadata that is being
+// written (or was cut short) for absent, not for corruption.
+func TestIncompleteMetadataIsNotAMessage(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{})
+	id := te.s.NewID()
+	full := metaJSON(t, testMessage(id, Pending))
+	writeFile(t, filepath.Join(te.dir, dirQueue, string(id)+extMeta), full[:len(full)/2])
+	if _, err := te.s.Get(id); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get of half-written metadata = %v, want ErrNotFound", err)
 	}
 }

@@ -14,8 +14,9 @@ import (
 // failure leaves a committed half message.
 type FS interface {
 	MkdirAll(path string, perm fs.FileMode) error
-	// Create opens name for writing with mode 0600, truncating it if it
-	// exists (only temp files are created, and only their owner writes them).
+	// Create creates name for writing with mode 0600 and fails if it
+	// exists: a message's files are new, and a name clash must never
+	// overwrite another message.
 	Create(name string) (File, error)
 	Open(name string) (io.ReadCloser, error)
 	ReadFile(name string) ([]byte, error)
@@ -44,7 +45,7 @@ func (osFS) MkdirAll(path string, perm fs.FileMode) error { return os.MkdirAll(p
 // them, and os.OpenFile spends four fcntl calls and an epoll_ctl on each,
 // trying to put a regular file in the network poller.
 func (osFS) Create(name string) (File, error) {
-	return openRegular(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	return openRegular(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 }
 func (osFS) Open(name string) (io.ReadCloser, error) {
 	return openRegular(name, os.O_RDONLY, 0)

@@ -75,14 +75,16 @@ func TestOpenRecovers(t *testing.T) {
 		},
 		{
 			// Put writes the metadata under its final name: a crash during
-			// that first write leaves it short, never acknowledged.
+			// that first write leaves it short. It was never acknowledged,
+			// but damage looks the same, so it is kept, not deleted.
 			name: "metadata cut short by a crash",
 			setup: func(t *testing.T, dir string) {
 				full := metaJSON(t, testMessage(bad, Pending))
 				writeFile(t, filepath.Join(dir, dirQueue, string(bad)+extMeta), full[:len(full)/2])
 				writeFile(t, filepath.Join(dir, dirBody, string(bad)+extBody), "Subject: x\r\n\r\nbody\r\n")
 			},
-			wantEvent: EventRemovedTemp,
+			wantEvent: EventCorrupt,
+			want:      map[string][]string{dirCorrupt: {string(bad) + extBody, string(bad) + extMeta}},
 		},
 		{
 			name: "empty metadata",
@@ -90,7 +92,8 @@ func TestOpenRecovers(t *testing.T) {
 				writeFile(t, filepath.Join(dir, dirQueue, string(bad)+extMeta), "")
 				writeFile(t, filepath.Join(dir, dirBody, string(bad)+extBody), "Subject: x\r\n\r\nbody\r\n")
 			},
-			wantEvent: EventRemovedTemp,
+			wantEvent: EventCorrupt,
+			want:      map[string][]string{dirCorrupt: {string(bad) + extBody, string(bad) + extMeta}},
 		},
 		{
 			name: "metadata cut short with a zero-filled tail",
@@ -98,7 +101,8 @@ func TestOpenRecovers(t *testing.T) {
 				full := metaJSON(t, testMessage(bad, Pending))
 				writeFile(t, filepath.Join(dir, dirQueue, string(bad)+extMeta), full[:len(full)/3]+strings.Repeat("\x00", 200))
 			},
-			wantEvent: EventRemovedTemp,
+			wantEvent: EventCorrupt,
+			want:      map[string][]string{dirCorrupt: {string(bad) + extMeta}},
 		},
 		{
 			name: "bad JSON",

@@ -413,17 +413,25 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 	// temp name and a rename would cost another round of fsyncs per
 	// message. Its fsync and the queue directory's run together; the 250
 	// waits for both. A crash before then can leave a first write cut
-	// short, which Open recognises (incompleteMeta) and removes with its
-	// body; such a message was never acknowledged.
-	committed = true
+	// short, which readers take for absent and Open quarantines
+	// (incompleteMeta); such a message was never acknowledged.
+	//
+	// From here on the message is visible to readers (`queue delete`), so
+	// the scheduler knows it first, as busy: a Delete meanwhile is carried
+	// out when the Put ends instead of being undone by it.
+	it := s.reserve(id)
 	var queueErr error
 	if _, err := s.writeFile(finalMeta, bytes.NewReader(data), func() { queueErr = s.queueSync.sync() }); err != nil {
+		// writeFile removed what it created (and nothing it did not).
+		s.unreserve(it)
 		return fmt.Errorf("spool: write metadata: %w", err)
 	}
+	committed = true
 	if queueErr != nil {
+		s.unreserve(it)
 		return fmt.Errorf("spool: sync queue directory: %w", queueErr)
 	}
-	s.schedule(msg)
+	s.schedule(it, msg)
 	return nil
 }
 
@@ -516,6 +524,11 @@ func (s *Spool) writeMeta(m *Message, dir string, ds *dirSyncer) error {
 		return err
 	}
 	tmp := s.path(dirTmp, string(m.ID)+extMeta)
+	// Files are created exclusively; a temp file left by an earlier
+	// rewrite that failed half-way is ours to replace.
+	if err := s.fs.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("spool: write metadata %s: %w", m.ID, err)
+	}
 	if _, err := s.writeFile(tmp, bytes.NewReader(data), nil); err != nil {
 		return fmt.Errorf("spool: write metadata %s: %w", m.ID, err)
 	}
@@ -560,6 +573,11 @@ func (s *Spool) readMeta(dir string, id ID, op string) (*Message, error) {
 		return nil, fmt.Errorf("spool: %s %s: %w", op, id, err)
 	}
 	m, err := decodeMessage(data, id)
+	if err != nil && incompleteMeta(data) {
+		// A Put still writing it, or one a crash cut short (Open
+		// quarantines those): not a queued message.
+		return nil, fmt.Errorf("spool: %s %s: %w", op, id, ErrNotFound)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("spool: %s %s: %w", op, id, err)
 	}
@@ -732,11 +750,10 @@ func (s *Spool) recover(snap recoverySnapshot) error {
 		}
 		m, err := decodeMessage(data, id)
 		if err != nil && incompleteMeta(data) {
-			// The first write of a Put that a crash cut short: never
-			// acknowledged, so never a message.
-			s.event(Event{Kind: EventRemovedTemp, ID: id, Err: s.removeUncommitted(name, id)})
-			delete(bodies, string(id)+extBody)
-			continue
+			// Most likely the first write of a Put that a crash cut short,
+			// which was never acknowledged; but a file damaged later looks
+			// the same, so it is kept for the operator, not deleted.
+			err = fmt.Errorf("%w: metadata cut short (a submission interrupted by a crash before it was acknowledged, or damage): %w", ErrCorrupt, err)
 		}
 		if err != nil {
 			if err := s.quarantine(name, id, err); err != nil {
@@ -796,19 +813,6 @@ func (s *Spool) recover(snap recoverySnapshot) error {
 		s.event(Event{Kind: EventRemovedTemp, ID: id, Err: err})
 	}
 	return nil
-}
-
-// removeUncommitted removes the metadata and body of a Put that a crash
-// interrupted, and says so.
-func (s *Spool) removeUncommitted(name string, id ID) error {
-	err := s.fs.Remove(s.path(dirQueue, name))
-	if berr := s.fs.Remove(s.path(dirBody, string(id)+extBody)); !errors.Is(berr, fs.ErrNotExist) {
-		err = errors.Join(err, berr)
-	}
-	if err != nil {
-		return fmt.Errorf("spool: remove incomplete metadata %s: %w", name, err)
-	}
-	return fmt.Errorf("spool: removed incomplete metadata %s (a submission interrupted before it was acknowledged)", name)
 }
 
 func (s *Spool) nameSet(sub string) (map[string]bool, error) {
