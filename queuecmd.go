@@ -155,7 +155,18 @@ func (q queueCmd) list() int {
 	// One write per line of a 100,000-message queue was most of the
 	// listing's time.
 	out := bufio.NewWriterSize(q.stdout, 64<<10)
-	defer out.Flush()
+	err = q.writeList(out, msgs)
+	if ferr := out.Flush(); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		fmt.Fprintf(q.stderr, "sealpost queue list: %v\n", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+func (q queueCmd) writeList(out io.Writer, msgs []*spool.Message) error {
 	entries := make([]queueEntry, 0, len(msgs))
 	for _, m := range msgs {
 		entries = append(entries, q.entry(m, false))
@@ -163,14 +174,11 @@ func (q queueCmd) list() int {
 	if q.json {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(entries); err != nil {
-			return exitFailure
-		}
-		return exitOK
+		return enc.Encode(entries)
 	}
 	if len(entries) == 0 {
-		fmt.Fprintln(out, "Mail queue is empty")
-		return exitOK
+		_, err := fmt.Fprintln(out, "Mail queue is empty")
+		return err
 	}
 	tw := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tAGE\tSIZE\tFROM\tRECIPIENTS\tATTEMPTS\tNEXT\tLAST ERROR")
@@ -192,9 +200,11 @@ func (q queueCmd) list() int {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", e.ID, shortDuration(time.Duration(e.AgeSeconds)*time.Second),
 			humanSize(e.Size), from, strings.Join(rcpts, ", "), e.Attempts, next, truncate(oneLineText(e.LastError), 80))
 	}
-	tw.Flush()
-	fmt.Fprintf(out, "-- %d message(s), %s\n", len(entries), humanSize(total))
-	return exitOK
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(out, "-- %d message(s), %s\n", len(entries), humanSize(total))
+	return err
 }
 
 func (q queueCmd) show(idArg string, withBody bool) int {

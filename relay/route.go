@@ -371,7 +371,9 @@ func (d *routingDeliverer) Deliver(ctx context.Context, id spool.ID, env spool.E
 		return perRcpt, nil
 	}
 	if pause != nil && (lastErr == nil || errors.Is(lastErr, upstream.ErrBackoff)) {
-		// Every candidate was paced or in backoff: nothing was tried.
+		// Every candidate was paced or in backoff, or the last ones were:
+		// the spool records nothing for this, so nothing is remembered.
+		d.rt.forget(id)
 		return nil, pause
 	}
 	return nil, lastErr

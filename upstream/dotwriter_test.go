@@ -56,17 +56,19 @@ func TestDotWriterMatchesTextproto(t *testing.T) {
 	}
 }
 
-// TestDotWriterBareCR: a bare CR passes through; only LF ends a line.
-// (textproto would turn CR CR LF into CR CR CR LF.)
+// TestDotWriterBareCR: a bare CR ends its line (it becomes CRLF), like a
+// bare LF, so a dot after it is stuffed: "\r.\r\n" cannot end the data
+// at a server that takes a bare CR for a line end.
 func TestDotWriterBareCR(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
 		pieces []string
 		want   string
 	}{
-		{[]string{"a\rb\r\n"}, "a\rb\r\n.\r\n"},
-		{[]string{"a\r", "\r\n.b"}, "a\r\r\n..b\r\n.\r\n"},
-		{[]string{"a\r", ".b\r\n"}, "a\r.b\r\n.\r\n"},
+		{[]string{"a\rb\r\n"}, "a\r\nb\r\n.\r\n"},
+		{[]string{"a\r", "\r\n.b"}, "a\r\n\r\n..b\r\n.\r\n"},
+		{[]string{"a\r", ".b\r\n"}, "a\r\n..b\r\n.\r\n"},
+		{[]string{"x\r.\r\nMAIL FROM:<evil@example.com>\r\n"}, "x\r\n..\r\nMAIL FROM:<evil@example.com>\r\n.\r\n"},
 		{[]string{"a\r"}, "a\r\n.\r\n"},
 		{nil, "\r\n.\r\n"},
 	} {

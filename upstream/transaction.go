@@ -388,13 +388,17 @@ func (d *dotWriter) Write(b []byte) (int, error) {
 				d.w.WriteByte('.')
 			}
 		case dotCR:
-			d.state = dotData
+			d.w.WriteByte('\n')
+			d.state = dotBeginLine
 			if b[n] == '\n' {
-				d.w.WriteByte('\n')
-				d.state = dotBeginLine
 				n++
-				continue
 			}
+			// A bare CR ends its line too, as a bare LF does: some servers
+			// take it for a line end, and what follows must then be
+			// dot-stuffed as a new line ("\r.\r\n" would end the data
+			// there). Bodies are refused at submission for bare CRs, so
+			// this is a second line of defence.
+			continue
 		}
 		// In a line: copy up to the next CR or LF as is.
 		rest := b[n:]
