@@ -363,7 +363,7 @@ func (s *session) quitTransactions() {
 }
 
 // dotWriter dot-stuffs a message body into w as textproto's DotWriter
-// does (lines starting with a dot get another, a bare LF becomes CRLF,
+// does (lines starting with a dot get another, a bare LF or CR becomes CRLF,
 // Close ends the data with CRLF.CRLF), but a run of ordinary bytes at a
 // time rather than byte by byte.
 type dotWriter struct {
