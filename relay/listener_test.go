@@ -200,15 +200,7 @@ func TestListenTCPLoopbackWithoutKeepAlive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			close(accepted)
-			return
-		}
-		accepted <- c
-	}()
+	accepted := acceptOne(ln)
 	cc := dialRelay(t, ln.Addr().String())
 	defer cc.Close()
 	sc, ok := <-accepted

@@ -35,3 +35,18 @@ func readGreeting(t *testing.T, addr string) string {
 	defer c.Close()
 	return readLine(t, c)
 }
+
+// acceptOne accepts one connection on ln in the background; the channel
+// is closed without a value if Accept fails.
+func acceptOne(ln net.Listener) <-chan net.Conn {
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	return accepted
+}

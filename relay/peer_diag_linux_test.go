@@ -22,15 +22,7 @@ func loopbackPair(t *testing.T) (serverConn net.Conn, client, server netip.AddrP
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			close(accepted)
-			return
-		}
-		accepted <- c
-	}()
+	accepted := acceptOne(ln)
 	cc, err := net.Dial("tcp4", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -107,15 +99,7 @@ func TestGuardedListenerKeepsPeerSockets(t *testing.T) {
 	gl := &guardedListener{Listener: ln, limiter: policy.NewConnLimiter(10, 10), audit: newAuditLog(slog.New(slog.DiscardHandler)), open: newConnSet()}
 	defer gl.Close()
 	for i := range 3 {
-		accepted := make(chan net.Conn, 1)
-		go func() {
-			c, err := gl.Accept()
-			if err != nil {
-				close(accepted)
-				return
-			}
-			accepted <- c
-		}()
+		accepted := acceptOne(gl)
 		cc, err := net.Dial("tcp4", ln.Addr().String())
 		if err != nil {
 			t.Fatal(err)
@@ -283,11 +267,7 @@ func BenchmarkSockDiagOwner(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
+	accepted := acceptOne(ln)
 	cc, err := net.Dial("tcp4", ln.Addr().String())
 	if err != nil {
 		b.Fatal(err)

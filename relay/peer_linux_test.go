@@ -78,19 +78,16 @@ func TestSockDiagMatchesProcTables(t *testing.T) {
 			continue
 		}
 		defer ln.Close()
-		accepted := make(chan net.Conn, 1)
-		go func() {
-			c, err := ln.Accept()
-			if err == nil {
-				accepted <- c
-			}
-		}()
+		accepted := acceptOne(ln)
 		client, err := net.Dial(network, ln.Addr().String())
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer client.Close()
-		server := <-accepted
+		server, ok := <-accepted
+		if !ok {
+			t.Fatal("accept failed")
+		}
 		defer server.Close()
 		local, _ := addrPort(server.LocalAddr())
 		remote, _ := addrPort(server.RemoteAddr())
