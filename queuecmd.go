@@ -304,7 +304,11 @@ func (q queueCmd) flush() int {
 		fmt.Fprintf(q.stderr, "sealpost queue flush: %v\n", err)
 		return exitQueueTempFail
 	}
-	fmt.Fprintf(q.stdout, "flush requested: %d message(s) queued are being retried now\n", rep.Queued)
+	if rep.Loading {
+		fmt.Fprintf(q.stdout, "flush requested: the daemon is still loading its queue after a restart (%d message(s) so far); all of it is retried as it loads\n", rep.Queued)
+	} else {
+		fmt.Fprintf(q.stdout, "flush requested: %d message(s) queued are being retried now\n", rep.Queued)
+	}
 	return exitOK
 }
 

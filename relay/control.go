@@ -33,6 +33,9 @@ type ControlReply struct {
 	Error    string `json:"error,omitempty"`
 	NotFound bool   `json:"not_found,omitempty"` // delete: no such queued message
 	Queued   int    `json:"queued"`              // messages in the queue after the operation
+	// Loading says Queued is not the whole queue yet: the daemon started
+	// recently and is still loading the queue it found.
+	Loading bool `json:"loading,omitempty"`
 }
 
 // ErrNoDaemon is returned (wrapped) by Control when nothing listens on the
@@ -138,6 +141,7 @@ func (r *Relay) handleControl(c net.Conn) ControlReply {
 	}
 	// From the spool's memory: listing the disk would read and decode every
 	// message (hundreds of megabytes for a queue of 100,000).
+	rep.Loading = r.spool.Loading()
 	rep.Queued, _ = r.spool.Stats()
 	return rep
 }

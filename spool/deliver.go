@@ -166,10 +166,15 @@ func (s *Spool) Kick() {
 
 // Flush makes every queued message due now (`queue flush`) and kicks Run.
 // A message being delivered is retried as soon as that attempt ends, should
-// it fail.
+// it fail; while Open's recovery is still loading the queue, what it loads
+// afterwards is due at once too.
 func (s *Spool) Flush() {
 	now := s.now()
+	loading := s.Loading()
 	s.mu.Lock()
+	if loading {
+		s.flushLoading = true
+	}
 	s.pausedUntil = time.Time{}
 	clear(s.keyPaused)
 	for _, it := range s.items {

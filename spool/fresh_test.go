@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -173,5 +174,69 @@ func TestIncompleteMetadataIsNotAMessage(t *testing.T) {
 	writeFile(t, filepath.Join(te.dir, dirQueue, string(id)+extMeta), full[:len(full)/2])
 	if _, err := te.s.Get(id); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Get of half-written metadata = %v, want ErrNotFound", err)
+	}
+}
+
+// gateMetaReads holds every read of queue/ metadata until released, so a
+// test can act while Open's recovery is still loading the queue.
+type gateMetaReads struct {
+	FS
+	release chan struct{}
+}
+
+func (g *gateMetaReads) ReadFile(name string) ([]byte, error) {
+	if filepath.Base(filepath.Dir(name)) == dirQueue {
+		<-g.release
+	}
+	return g.FS.ReadFile(name)
+}
+
+// TestFlushWhileLoading: `queue flush` right after a restart, before the
+// queue has loaded, makes every message due, including those loaded after
+// it, and says the count is not complete yet.
+func TestFlushWhileLoading(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{})
+	const n = 3
+	for i := range n {
+		put(t, te.s, fmt.Sprintf("Subject: %d\r\n\r\nlater\r\n", i), "a@example.org")
+	}
+	// Queued by an earlier process, due only in an hour.
+	te.s.Close()
+	for _, name := range files(t, te.dir, dirQueue) {
+		id := ID(strings.TrimSuffix(name, extMeta))
+		path := filepath.Join(te.dir, dirQueue, name)
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := decodeMessage(data, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.NextAttempt = te.clock.Now().Add(time.Hour)
+		writeFile(t, path, metaJSON(t, m))
+	}
+
+	g := &gateMetaReads{FS: OSFS(), release: make(chan struct{})}
+	s := te.open(t, Options{FS: g})
+	if !s.Loading() {
+		t.Fatal("Loading() = false while recovery is held")
+	}
+	s.Flush()
+	close(g.release)
+	if err := s.waitRecovered(); err != nil {
+		t.Fatal(err)
+	}
+	if s.Loading() {
+		t.Error("Loading() = true after recovery")
+	}
+	d := &deliverer{}
+	run(t, s, d)
+	for range n {
+		te.ev.wait(t, EventDelivered, "")
+	}
+	if got := len(d.Calls()); got != n {
+		t.Errorf("%d delivered after the flush, want %d", got, n)
 	}
 }

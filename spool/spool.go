@@ -124,6 +124,9 @@ type Spool struct {
 	items   map[ID]*item // every message of the active queue this process knows
 	sched   schedHeap    // the items not being delivered, by next attempt
 	fresh   int          // items holding their metadata in memory (maxFresh)
+	// flushLoading: Flush was called while Open's recovery was loading the
+	// queue, so what it loads afterwards is due at once too.
+	flushLoading bool
 	closed  bool
 	running bool
 	// pausedUntil holds back all deliveries: the deliverer said its
@@ -199,9 +202,26 @@ func Open(dir string, opts Options) (*Spool, error) {
 		defer s.ops.Done()
 		defer close(s.recovered)
 		s.recoverErr = s.recover(snap)
+		s.mu.Lock()
+		s.flushLoading = false
+		s.mu.Unlock()
 		s.Kick()
 	}()
 	return s, nil
+}
+
+// Loading reports whether Open's recovery is still loading the queue of an
+// earlier process, so that Stats does not count all of it yet.
+func (s *Spool) Loading() bool {
+	if s.recovered == nil {
+		return false
+	}
+	select {
+	case <-s.recovered:
+		return false
+	default:
+		return true
+	}
 }
 
 // waitRecovered waits for Open's recovery (at once for a ReadOnly spool).
@@ -785,7 +805,12 @@ func (s *Spool) recover(snap recoverySnapshot) error {
 		}
 		s.mu.Lock()
 		if _, known := s.items[id]; !known {
-			s.items[id] = &item{id: id, next: m.NextAttempt}
+			next := m.NextAttempt
+			if s.flushLoading && next.After(s.now()) {
+				// `queue flush` arrived while the queue was loading.
+				next = s.now()
+			}
+			s.items[id] = &item{id: id, next: next}
 			heap.Push(&s.sched, s.items[id])
 		}
 		s.mu.Unlock()
