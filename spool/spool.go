@@ -120,15 +120,15 @@ type Spool struct {
 	kick chan struct{} // wakes the scheduler; buffered 1
 	done chan struct{} // closed by Close
 
-	mu      sync.Mutex
-	items   map[ID]*item // every message of the active queue this process knows
-	sched   schedHeap    // the items not being delivered, by next attempt
-	fresh   int          // items holding their metadata in memory (maxFresh)
+	mu    sync.Mutex
+	items map[ID]*item // every message of the active queue this process knows
+	sched schedHeap    // the items not being delivered, by next attempt
+	fresh int          // items holding their metadata in memory (maxFresh)
 	// flushLoading: Flush was called while Open's recovery was loading the
 	// queue, so what it loads afterwards is due at once too.
 	flushLoading bool
-	closed  bool
-	running bool
+	closed       bool
+	running      bool
 	// pausedUntil holds back all deliveries: the deliverer said its
 	// upstream cannot be reached before then (see Deliverer).
 	pausedUntil time.Time
