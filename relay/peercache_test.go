@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"sealpost/internal/fakeclock"
 )
 
 // fakeNames is a passwd database that counts how often it is asked.
@@ -24,7 +26,7 @@ func (f *fakeNames) lookup(uid int) (string, error) {
 	return f.names[uid], nil
 }
 
-func newFakeUserNames(db *fakeNames, clock *fakeClock) *userNames {
+func newFakeUserNames(db *fakeNames, clock *fakeclock.Clock) *userNames {
 	n := newUserNames(db.lookup)
 	n.now = clock.Now
 	return n
@@ -36,7 +38,7 @@ func newFakeUserNames(db *fakeNames, clock *fakeClock) *userNames {
 func TestUserNamesReusedUntilTTL(t *testing.T) {
 	t.Parallel()
 	db := &fakeNames{names: map[int]string{1000: "alice"}}
-	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	clock := fakeclock.New(time.Unix(1_700_000_000, 0))
 	n := newFakeUserNames(db, clock)
 	for range 5 {
 		if got := n.name(1000); got != "alice" {
@@ -67,7 +69,7 @@ func TestUserNamesReusedUntilTTL(t *testing.T) {
 func TestUserNamesUnknownAndFailures(t *testing.T) {
 	t.Parallel()
 	db := &fakeNames{names: map[int]string{}}
-	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	clock := fakeclock.New(time.Unix(1_700_000_000, 0))
 	n := newFakeUserNames(db, clock)
 	if got := n.name(4321); got != "" {
 		t.Errorf("name of a uid with no entry = %q", got)
@@ -96,7 +98,7 @@ func TestUserNamesBounded(t *testing.T) {
 	for uid := range 1000 {
 		db.names[uid] = "u" + strconv.Itoa(uid)
 	}
-	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	clock := fakeclock.New(time.Unix(1_700_000_000, 0))
 	n := newFakeUserNames(db, clock)
 	n.max = 16
 	for i := range 3000 {

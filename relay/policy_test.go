@@ -10,9 +10,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"sealpost/internal/fakeclock"
 
 	"github.com/emersion/go-smtp"
 
@@ -121,31 +122,13 @@ func TestFixturesThroughSMTP(t *testing.T) {
 	assertQueueLen(t, cfg, accepted)
 }
 
-// fakeClock drives the rate limits without sleeping.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 func TestRateLimitPerSender(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
 	up := tlsUpstream(t, ca)
 	cfg := newTestConfig(t, ca, up.Addr())
 	cfg.Limits.PerSender = RateLimit{Rate: Rate{Events: 1, Per: time.Minute}, Burst: 2}
-	clock := &fakeClock{now: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)}
+	clock := fakeclock.New(time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC))
 	logs := &syncBuffer{}
 	r, err := New(cfg, Options{Logger: NewLogger(logs, cfg.Log), Clock: clock})
 	if err != nil {

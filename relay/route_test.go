@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"sealpost/internal/fakeclock"
+
 	"github.com/emersion/go-smtp"
 
 	"sealpost/certs/certstest"
@@ -204,7 +206,7 @@ func TestPacingUnderABurst(t *testing.T) {
 	cfg.Routes = []RouteConfig{{Sender: "*@bulk.example.com", Upstream: "slow"}}
 	revalidate(t, cfg)
 
-	clock := &fakeClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	clock := fakeclock.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	logs := &syncBuffer{}
 	log := NewLogger(logs, cfg.Log)
 	rt, err := newRouter(cfg, log, clock.Now, func() []RouteConfig { return cfg.Routes })

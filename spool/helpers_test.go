@@ -12,31 +12,16 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"sealpost/internal/fakeclock"
 )
 
 // waitLimit bounds how long a test waits for something asynchronous before
 // it fails instead of hanging. It is never what makes a test pass.
 const waitLimit = 20 * time.Second
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{t: time.Date(2026, 11, 27, 11, 15, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
+func newFakeClock() *fakeclock.Clock {
+	return fakeclock.New(time.Date(2026, 11, 27, 11, 15, 0, 0, time.UTC))
 }
 
 // events collects Events and lets a test wait for one.
@@ -99,7 +84,7 @@ func (e *events) wait(t *testing.T, kind string, id ID) Event {
 
 type testEnv struct {
 	dir   string
-	clock *fakeClock
+	clock *fakeclock.Clock
 	ev    *events
 	s     *Spool
 }

@@ -84,9 +84,7 @@ func TestCleanFailed(t *testing.T) {
 	}
 	past := time.Now().Add(-8 * 24 * time.Hour)
 	os.Chtimes(filepath.Join(te.dir, dirFailed, string(old)+extMeta), past, past)
-	te.clock.mu.Lock()
-	te.clock.t = time.Now() // CleanFailed compares with file times
-	te.clock.mu.Unlock()
+	te.clock.Set(time.Now()) // CleanFailed compares with file times
 	n, err := te.s.CleanFailed(7 * 24 * time.Hour)
 	if err != nil || n != 1 {
 		t.Fatalf("CleanFailed = %d, %v; want 1", n, err)

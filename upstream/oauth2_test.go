@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"sealpost/internal/fakeclock"
+
 	"sealpost/upstream"
 	"sealpost/upstream/upstreamtest"
 )
@@ -76,23 +78,6 @@ func (te *tokenEndpoint) count() int {
 	return len(te.grants)
 }
 
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 func writeSecret(t *testing.T, name, v string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), name)
@@ -104,11 +89,11 @@ func writeSecret(t *testing.T, name, v string) string {
 
 // oauthSetup is an upstream accepting only the latest token the endpoint
 // issued, and a client using OAuth2Tokens against that endpoint.
-func oauthSetup(t *testing.T, mech upstream.Mechanism, refresh string) (*upstreamtest.Server, *tokenEndpoint, *upstream.OAuth2Tokens, *upstream.Client, *fakeClock, *bytes.Buffer) {
+func oauthSetup(t *testing.T, mech upstream.Mechanism, refresh string) (*upstreamtest.Server, *tokenEndpoint, *upstream.OAuth2Tokens, *upstream.Client, *fakeclock.Clock, *bytes.Buffer) {
 	t.Helper()
 	f := newUpstream(t, upstreamtest.Options{TLS: upstreamtest.TLSStartTLS, Tokens: map[string]string{user: "none-yet"}})
 	te := newTokenEndpoint(t, refresh, func(tok string) { f.srv.SetToken(user, tok) })
-	clock := &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	clock := fakeclock.New(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
 	var logBuf bytes.Buffer
 	var logMu sync.Mutex
 	logger := slog.New(slog.NewTextHandler(&lockedWriter{w: &logBuf, mu: &logMu}, nil))
@@ -157,7 +142,7 @@ func TestOAuth2CachesAndRefreshesBeforeExpiry(t *testing.T) {
 			}
 			// 56 minutes on, the hour-long token is within the 5 minutes
 			// before expiry: it is replaced before it is used.
-			clock.Add(56 * time.Minute)
+			clock.Advance(56 * time.Minute)
 			if _, _, err := deliver(t, c, "a@example.org"); err != nil {
 				t.Fatal(err)
 			}
@@ -253,7 +238,7 @@ func TestOAuth2RotatedRefreshTokenIsSaved(t *testing.T) {
 	te := newTokenEndpoint(t, "refresh-1", func(tok string) { f.srv.SetToken(user, tok) })
 	te.rotate = true
 	rtFile := writeSecret(t, "rt", "refresh-1")
-	clock := &fakeClock{now: time.Unix(1e9, 0)}
+	clock := fakeclock.New(time.Unix(1e9, 0))
 	tokens, err := upstream.NewOAuth2Tokens(upstream.OAuth2Config{
 		TokenURL: te.srv.URL, ClientID: "c", Now: clock.Now,
 		RefreshToken: &upstream.SecretSource{File: rtFile},
@@ -265,7 +250,7 @@ func TestOAuth2RotatedRefreshTokenIsSaved(t *testing.T) {
 		if _, err := tokens.Secret(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		clock.Add(2 * time.Hour)
+		clock.Advance(2 * time.Hour)
 	}
 	data, err := os.ReadFile(rtFile)
 	if err != nil {
