@@ -290,14 +290,8 @@ func TestSIGTERMDuringDATA(t *testing.T) {
 	ftp.PrintfLine("QUIT")
 	finisher.Close()
 
-	select {
-	case err := <-d.done:
-		d.done <- err
-		if err != nil {
-			t.Fatalf("exit after SIGTERM: %v\n%s", err, d.stderr)
-		}
-	case <-time.After(40 * time.Second):
-		t.Fatal("no exit within 40s of SIGTERM")
+	if err := d.waitExit(t); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, d.stderr)
 	}
 
 	var found []string
@@ -371,14 +365,8 @@ func TestSIGTERMDuringDelivery(t *testing.T) {
 		t.Fatal("no 'stopping' in the log after SIGTERM")
 	}
 	close(release) // the upstream answers 250 now
-	select {
-	case err := <-d.done:
-		d.done <- err
-		if err != nil {
-			t.Fatalf("exit after SIGTERM: %v\n%s", err, d.stderr)
-		}
-	case <-time.After(40 * time.Second):
-		t.Fatal("no exit within 40s of SIGTERM")
+	if err := d.waitExit(t); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, d.stderr)
 	}
 	s, err := spool.Open(setup.spoolDir, spool.Options{ReadOnly: true})
 	if err != nil {

@@ -170,14 +170,23 @@ func startServe(t *testing.T, config, listen string) *daemon {
 func (d *daemon) stop(t *testing.T) {
 	t.Helper()
 	d.cmd.Process.Signal(syscall.SIGTERM)
+	if err := d.waitExit(t); err != nil {
+		t.Errorf("sealpost serve exited with %v after SIGTERM:\n%s", err, d.stderr)
+	}
+}
+
+// waitExit waits (at most 40s, then fails the test) for the daemon to
+// exit after a SIGTERM and returns how it exited; later calls see the
+// same result.
+func (d *daemon) waitExit(t *testing.T) error {
+	t.Helper()
 	select {
 	case err := <-d.done:
 		d.done <- err
-		if err != nil {
-			t.Errorf("sealpost serve exited with %v after SIGTERM:\n%s", err, d.stderr)
-		}
+		return err
 	case <-time.After(40 * time.Second):
-		t.Fatalf("sealpost serve did not exit after SIGTERM")
+		t.Fatalf("sealpost serve did not exit within 40s of SIGTERM:\n%s", d.stderr)
+		return nil
 	}
 }
 
