@@ -2,11 +2,15 @@ package spool
 
 import (
 	"context"
+	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -75,5 +79,54 @@ func TestLargeQueueRestart(t *testing.T) {
 	t.Logf("List (as queue list does, read-only): %d in %v", len(list), time.Since(start))
 	if err != nil || len(list) != n {
 		t.Fatalf("List: %d, %v; want %d", len(list), err, n)
+	}
+}
+
+// opCounter counts directory listings and metadata reads.
+type opCounter struct {
+	FS
+	readDirs, metaReads atomic.Int64
+}
+
+func (c *opCounter) ReadDir(name string) ([]fs.DirEntry, error) {
+	c.readDirs.Add(1)
+	return c.FS.ReadDir(name)
+}
+
+func (c *opCounter) ReadFile(name string) ([]byte, error) {
+	if filepath.Base(filepath.Dir(name)) == dirQueue {
+		c.metaReads.Add(1)
+	}
+	return c.FS.ReadFile(name)
+}
+
+// TestQueueWorkIsLinear: restarting with a queue of n messages and
+// delivering them all lists each directory a fixed number of times and
+// reads each message's metadata a bounded number of times, whatever n is:
+// no step rescans the spool per message (which would make a large queue
+// quadratic). It counts operations; it does not time anything.
+func TestQueueWorkIsLinear(t *testing.T) {
+	t.Parallel()
+	type counts struct{ readDirs, metaReads int64 }
+	measure := func(n int) counts {
+		te := newTestEnv(t, Options{})
+		for i := range n {
+			put(t, te.s, fmt.Sprintf("Subject: %d\r\n\r\nbody\r\n", i), "a@example.org")
+		}
+		te.s.Close()
+		c := &opCounter{FS: OSFS()}
+		s := te.open(t, Options{FS: c})
+		run(t, s, &deliverer{})
+		for range n {
+			te.ev.wait(t, EventDelivered, "")
+		}
+		return counts{c.readDirs.Load(), c.metaReads.Load()}
+	}
+	small, large := measure(10), measure(80)
+	if small.readDirs != large.readDirs {
+		t.Errorf("directory listings grow with the queue: %d for 10 messages, %d for 80", small.readDirs, large.readDirs)
+	}
+	if large.metaReads > 2*80 {
+		t.Errorf("%d metadata reads to recover and deliver 80 messages, want at most 2 each", large.metaReads)
 	}
 }
