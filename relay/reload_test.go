@@ -11,6 +11,7 @@ import (
 
 	"sealpost/certs"
 	"sealpost/certs/certstest"
+	"sealpost/upstream/upstreamtest"
 )
 
 // TestReloadSwapsDKIMKeysWithoutDroppingSessions: a key rotation applied by
@@ -31,7 +32,9 @@ func TestReloadSwapsDKIMKeysWithoutDroppingSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	sendOn := func() {
+	// Each message is known by its queue id: the upstream may receive them
+	// in either order (deliveries run in parallel).
+	sendOn := func() (queueID string) {
 		t.Helper()
 		if err := c.Mail("app@example.com", nil); err != nil {
 			t.Fatal(err)
@@ -44,18 +47,32 @@ func TestReloadSwapsDKIMKeysWithoutDroppingSessions(t *testing.T) {
 			t.Fatal(err)
 		}
 		io.WriteString(w, testBody)
-		if err := w.Close(); err != nil {
+		resp, err := w.CloseWithResponse()
+		if err != nil {
 			t.Fatal(err)
 		}
+		fields := strings.Fields(resp.StatusText)
+		return fields[len(fields)-1] // "OK: queued as <id>"
 	}
-	sendOn()
+	first := sendOn()
 	next := *cfg
 	next.DKIM.Keys = []DKIMKey{{Domain: "example.com", Selector: "new", KeyFile: writeKey(t, newKey)}}
 	if err := env.relay.Reload(&next); err != nil {
 		t.Fatal(err)
 	}
-	sendOn() // same connection, after the reload
-	msgs := up.Expect(t, 2)
+	second := sendOn() // same connection, after the reload
+	received := up.Expect(t, 2)
+	var msgs [2]upstreamtest.Received
+	for _, m := range received {
+		switch {
+		case strings.Contains(string(m.Data), " id "+first+";"):
+			msgs[0] = m
+		case strings.Contains(string(m.Data), " id "+second+";"):
+			msgs[1] = m
+		default:
+			t.Fatalf("a message of neither transaction (%s, %s):\n%s", first, second, m.Data)
+		}
+	}
 
 	records := map[string]string{}
 	for sel, k := range map[string]crypto.Signer{"old": oldKey, "new": newKey} {
