@@ -40,6 +40,7 @@ const (
 	EventCorrupt     = "corrupt"      // a file was quarantined in corrupt/
 	EventDeleted     = "deleted"      // removed by Delete
 	EventError       = "error"        // the spool could not record a result (disk trouble); Err says what
+	EventLoaded      = "loaded"       // Open's recovery has loaded the queue of earlier processes: Queued messages in Duration; Err if it stopped short
 )
 
 // Event is one record for the audit log. A single delivery attempt may
@@ -54,7 +55,8 @@ type Event struct {
 	Attempts    int
 	NextAttempt time.Time
 	Err         error
-	Duration    time.Duration // of the delivery attempt
+	Duration    time.Duration // of the delivery attempt; of the loading for EventLoaded
+	Queued      int           // EventLoaded: how many messages were loaded
 	// Done marks the last event of a message that has left the active
 	// queue (delivered to all, failed, expired), so a listener can forget
 	// what it kept about it.

@@ -21,6 +21,9 @@ type FS interface {
 	Open(name string) (io.ReadCloser, error)
 	ReadFile(name string) ([]byte, error)
 	ReadDir(name string) ([]fs.DirEntry, error)
+	// ReadDirNames returns the names in a directory, in no particular
+	// order: cheaper than ReadDir for a queue of 100,000.
+	ReadDirNames(name string) ([]string, error)
 	Rename(oldpath, newpath string) error
 	Remove(name string) error
 	// SyncDir makes the directory's entries (renames, removals) durable.
@@ -50,32 +53,18 @@ func (osFS) Create(name string) (File, error) {
 func (osFS) Open(name string) (io.ReadCloser, error) {
 	return openRegular(name, os.O_RDONLY, 0)
 }
-func (osFS) ReadFile(name string) ([]byte, error) {
-	f, err := openRegular(name, os.O_RDONLY, 0)
+func (osFS) ReadFile(name string) ([]byte, error)       { return readFile(name) }
+func (osFS) ReadDir(name string) ([]fs.DirEntry, error) { return os.ReadDir(name) }
+func (osFS) ReadDirNames(name string) ([]string, error) {
+	d, err := openDir(name)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	// Metadata files are small: one read of a 4 KiB buffer usually takes
-	// all of it, where os.ReadFile would also fstat.
-	data := make([]byte, 0, 4096)
-	for {
-		if len(data) == cap(data) {
-			data = append(data, 0)[:len(data)]
-		}
-		n, err := f.Read(data[len(data):cap(data)])
-		data = data[:len(data)+n]
-		if err == io.EOF {
-			return data, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
+	names, err := d.Readdirnames(-1)
+	return names, errors.Join(err, d.Close())
 }
-func (osFS) ReadDir(name string) ([]fs.DirEntry, error) { return os.ReadDir(name) }
-func (osFS) Rename(oldpath, newpath string) error       { return os.Rename(oldpath, newpath) }
-func (osFS) Remove(name string) error                   { return os.Remove(name) }
+func (osFS) Rename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }
+func (osFS) Remove(name string) error             { return os.Remove(name) }
 func (osFS) SyncDir(name string) error {
 	d, err := openDir(name)
 	if err != nil {

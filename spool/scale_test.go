@@ -93,6 +93,11 @@ func (c *opCounter) ReadDir(name string) ([]fs.DirEntry, error) {
 	return c.FS.ReadDir(name)
 }
 
+func (c *opCounter) ReadDirNames(name string) ([]string, error) {
+	c.readDirs.Add(1)
+	return c.FS.ReadDirNames(name)
+}
+
 func (c *opCounter) ReadFile(name string) ([]byte, error) {
 	if filepath.Base(filepath.Dir(name)) == dirQueue {
 		c.metaReads.Add(1)

@@ -176,7 +176,7 @@ func Open(dir string, opts Options) (*Spool, error) {
 	s.bufs.New = func() any { b := make([]byte, copyBufferSize); return &b }
 
 	if opts.ReadOnly {
-		if _, err := s.fs.ReadDir(s.path(dirQueue, "")); err != nil {
+		if err := s.checkReadable(dirQueue); err != nil {
 			return nil, fmt.Errorf("spool: open %s: %w", dir, err)
 		}
 		return s, nil
@@ -201,13 +201,31 @@ func Open(dir string, opts Options) (*Spool, error) {
 	go func() {
 		defer s.ops.Done()
 		defer close(s.recovered)
-		s.recoverErr = s.recover(snap)
+		start := time.Now()
+		loaded, err := s.recover(snap)
+		s.recoverErr = err
+		s.event(Event{Kind: EventLoaded, Queued: loaded, Duration: time.Since(start), Err: err})
 		s.mu.Lock()
 		s.flushLoading = false
 		s.mu.Unlock()
 		s.Kick()
 	}()
 	return s, nil
+}
+
+// checkReadable fails unless sub is a directory this process may read:
+// opening it is enough, where listing it would read a whole queue.
+func (s *Spool) checkReadable(sub string) error {
+	opener, ok := s.fs.(dirOpener)
+	if !ok {
+		_, err := s.fs.ReadDirNames(s.path(sub, ""))
+		return err
+	}
+	d, err := opener.openDir(s.path(sub, ""))
+	if err != nil {
+		return err
+	}
+	return d.Close()
 }
 
 // Loading reports whether Open's recovery is still loading the queue of an
@@ -637,40 +655,108 @@ type prefixedBody struct {
 // disk, so it also works ReadOnly; entries that vanish or cannot be decoded
 // meanwhile are skipped (Open and Run quarantine the latter).
 func (s *Spool) List() ([]*Message, error) {
-	if err := s.waitRecovered(); err != nil {
+	var out []*Message
+	err := s.Walk(func(m *Message) error {
+		out = append(out, m)
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	entries, err := s.fs.ReadDir(s.path(dirQueue, ""))
-	if err != nil {
-		return nil, fmt.Errorf("spool: list: %w", err)
+	return out, nil
+}
+
+// walkChunk is how many messages Walk decodes ahead of the one it hands
+// out: enough to keep every core busy, few enough that a queue of any
+// length is listed in constant memory.
+const walkChunk = 512
+
+// Walk calls fn with every queued message, in ID order (oldest first), as
+// List would return them, without holding them all: `queue list` of a
+// large queue streams instead of building a list first. An error from fn
+// ends the walk and is returned.
+func (s *Spool) Walk(fn func(*Message) error) error {
+	if err := s.waitRecovered(); err != nil {
+		return err
 	}
-	var ids []ID
-	for _, e := range entries {
-		if id, ok := idFromName(e.Name(), extMeta); ok && !e.IsDir() {
+	names, err := s.fs.ReadDirNames(s.path(dirQueue, ""))
+	if err != nil {
+		return fmt.Errorf("spool: list: %w", err)
+	}
+	ids := make([]ID, 0, len(names))
+	for _, name := range names {
+		// Anything else under an id's name (a directory) fails to read
+		// below and is skipped.
+		if id, ok := idFromName(name, extMeta); ok {
 			ids = append(ids, id)
 		}
 	}
-	// Reading the metadata is a file open and a JSON decode each; spread
-	// over the cores, `queue list` of 100,000 messages stays within a few
-	// seconds.
-	found := make([]*Message, len(ids))
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(len(ids), 4*runtime.GOMAXPROCS(0)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := int(next.Add(1) - 1); i < len(ids); i = int(next.Add(1) - 1) {
-				if m, err := s.Get(ids[i]); err == nil {
-					found[i] = m
-				}
+	names = nil
+	slices.SortFunc(ids, cmpID)
+	return s.readMetas(ids, func(r metaRead) error {
+		if r.m == nil {
+			return nil
+		}
+		return fn(r.m)
+	})
+}
+
+// metaRead is the metadata of one queued message as readMetas found it.
+type metaRead struct {
+	id       ID
+	data     []byte   // the file's content
+	m        *Message // nil if it could not be read or decoded
+	err      error    // why m is nil: the read error, or the decoding error
+	readFail bool     // err is the read's
+}
+
+// readMetas reads and decodes the metadata of ids in queue/, calling fn
+// with each in the order of ids; an error from fn ends it. Reading is a
+// file open and a JSON decode each: a chunk of walkChunk is spread over the
+// cores (more goroutines than cores, as a cold cache makes them wait for
+// the disk) while fn gets the one before. That keeps a queue of 100,000
+// within seconds for `queue list` and for the recovery at start, in
+// constant memory.
+func (s *Spool) readMetas(ids []ID, fn func(metaRead) error) error {
+	chunks := make(chan []metaRead, 1)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		defer close(chunks)
+		for start := 0; start < len(ids); start += walkChunk {
+			part := make([]metaRead, min(walkChunk, len(ids)-start))
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			for range min(len(part), 4*runtime.GOMAXPROCS(0)) {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := int(next.Add(1) - 1); i < len(part); i = int(next.Add(1) - 1) {
+						r := &part[i]
+						r.id = ids[start+i]
+						r.data, r.err = s.fs.ReadFile(s.path(dirQueue, string(r.id)+extMeta))
+						if r.readFail = r.err != nil; !r.readFail {
+							r.m, r.err = decodeMessage(r.data, r.id)
+						}
+					}
+				}()
 			}
-		}()
+			wg.Wait()
+			select {
+			case chunks <- part:
+			case <-stop:
+				return
+			}
+		}
+	}()
+	for part := range chunks {
+		for _, r := range part {
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
 	}
-	wg.Wait()
-	out := slices.DeleteFunc(found, func(m *Message) bool { return m == nil })
-	slices.SortFunc(out, func(a, b *Message) int { return cmpID(a.ID, b.ID) })
-	return out, nil
+	return nil
 }
 
 func cmpID(a, b ID) int {
@@ -741,7 +827,7 @@ func (s *Spool) removeFiles(id ID, durable bool) error {
 
 // recover brings the directory to a consistent state after a crash and
 // loads the queue.
-func (s *Spool) recover(snap recoverySnapshot) error {
+func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 	// We hold the lock and these were listed before this process wrote
 	// anything: every one is the leftover of a write that a crash
 	// interrupted.
@@ -754,32 +840,34 @@ func (s *Spool) recover(snap recoverySnapshot) error {
 		s.event(Event{Kind: EventRemovedTemp, ID: id, Err: err})
 	}
 
-	bodies, failedBodies, metas := snap.bodies, snap.failedBodies, snap.metas
-	for _, e := range metas {
+	bodies, failedBodies := snap.bodies, snap.failedBodies
+	ids := make([]ID, 0, len(snap.metas))
+	for _, e := range snap.metas {
 		name := e.Name()
 		id, ok := idFromName(name, extMeta)
 		if !ok || e.IsDir() {
 			if err := s.quarantine(name, "", fmt.Errorf("%w: unexpected file name %q", ErrCorrupt, name)); err != nil {
-				return err
+				return loaded, err
 			}
 			continue
 		}
-		data, err := s.fs.ReadFile(s.path(dirQueue, name))
-		if err != nil {
+		ids = append(ids, id)
+	}
+	snap.metas = nil
+	err = s.readMetas(ids, func(r metaRead) error {
+		id, m, err := r.id, r.m, r.err
+		name := string(id) + extMeta
+		if r.readFail {
 			return fmt.Errorf("spool: read %s: %w", name, err)
 		}
-		m, err := decodeMessage(data, id)
-		if err != nil && incompleteMeta(data) {
+		if err != nil && incompleteMeta(r.data) {
 			// Most likely the first write of a Put that a crash cut short,
 			// which was never acknowledged; but a file damaged later looks
 			// the same, so it is kept for the operator, not deleted.
 			err = fmt.Errorf("%w: metadata cut short (a submission interrupted by a crash before it was acknowledged, or damage): %w", ErrCorrupt, err)
 		}
 		if err != nil {
-			if err := s.quarantine(name, id, err); err != nil {
-				return err
-			}
-			continue
+			return s.quarantine(name, id, err)
 		}
 		bodyName := string(id) + extBody
 		if !bodies[bodyName] {
@@ -788,18 +876,15 @@ func (s *Spool) recover(snap recoverySnapshot) error {
 				if err := s.fs.Rename(s.path(dirQueue, name), s.path(dirFailed, name)); err != nil {
 					return fmt.Errorf("spool: finish moving %s to failed: %w", id, err)
 				}
-				continue
+				return nil
 			}
-			if err := s.quarantine(name, id, fmt.Errorf("%w: body missing", ErrCorrupt)); err != nil {
-				return err
-			}
-			continue
+			return s.quarantine(name, id, fmt.Errorf("%w: body missing", ErrCorrupt))
 		}
 		delete(bodies, bodyName)
 		if len(m.Pending()) == 0 {
 			// Decided before a crash interrupted the clean-up.
 			if err := s.complete(m); err == nil {
-				continue
+				return nil
 			}
 			// Leave it queued; a worker retries the clean-up.
 		}
@@ -812,8 +897,13 @@ func (s *Spool) recover(snap recoverySnapshot) error {
 			}
 			s.items[id] = &item{id: id, next: next}
 			heap.Push(&s.sched, s.items[id])
+			loaded++
 		}
 		s.mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		return loaded, err
 	}
 
 	for name := range bodies {
@@ -821,7 +911,7 @@ func (s *Spool) recover(snap recoverySnapshot) error {
 		if !ok {
 			// Not ours to delete; out of the way.
 			if err := s.moveToCorrupt(dirBody, name); err != nil {
-				return err
+				return loaded, err
 			}
 			s.event(Event{Kind: EventCorrupt, Err: fmt.Errorf("%w: unexpected file %s/%s", ErrCorrupt, dirBody, name)})
 			continue
@@ -837,7 +927,7 @@ func (s *Spool) recover(snap recoverySnapshot) error {
 		}
 		s.event(Event{Kind: EventRemovedTemp, ID: id, Err: err})
 	}
-	return nil
+	return loaded, nil
 }
 
 func (s *Spool) nameSet(sub string) (map[string]bool, error) {

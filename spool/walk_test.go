@@ -1,0 +1,165 @@
+package spool
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// craftQueue writes n well-formed queued messages straight into dir (as an
+// earlier process would have left them, without an fsync each), plus one
+// metadata file cut short and one that is not JSON, placed among them. It
+// returns the well-formed IDs in order and the two damaged ones.
+func craftQueue(t *testing.T, dir string, n int) (good []ID, damaged []ID) {
+	t.Helper()
+	for _, sub := range []string{dirTmp, dirBody, dirQueue, dirFailed, dirCorrupt} {
+		if err := (osFS{}).MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)
+	for i := range n + 2 {
+		id := newID(start.Add(time.Duration(i) * time.Second))
+		meta := metaJSON(t, testMessage(id, Pending))
+		switch i {
+		case n / 3:
+			meta = meta[:len(meta)/2]
+			damaged = append(damaged, id)
+		case 2 * n / 3:
+			meta = "not JSON at all"
+			damaged = append(damaged, id)
+		default:
+			good = append(good, id)
+		}
+		writeFile(t, filepath.Join(dir, dirQueue, string(id)+extMeta), meta)
+		writeFile(t, filepath.Join(dir, dirBody, string(id)+extBody), "Subject: x\r\n\r\nbody\r\n")
+	}
+	return good, damaged
+}
+
+// TestWalkStreamsInIDOrder: Walk hands out every readable message once, in
+// ID order, across the chunks it decodes ahead, skipping what cannot be
+// read; List is the same; an error from fn stops the walk at once.
+func TestWalkStreamsInIDOrder(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	n := 2*walkChunk + walkChunk/2
+	good, _ := craftQueue(t, dir, n)
+	s, err := Open(dir, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+
+	var walked []ID
+	if err := s.Walk(func(m *Message) error {
+		walked = append(walked, m.ID)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(walked, good) {
+		t.Fatalf("Walk gave %d messages (first %v), want the %d well-formed ones in ID order", len(walked), walked[:min(3, len(walked))], len(good))
+	}
+	list, err := s.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var listed []ID
+	for _, m := range list {
+		listed = append(listed, m.ID)
+	}
+	if !slices.Equal(listed, good) {
+		t.Errorf("List gave %d messages, want the %d Walk gives", len(listed), len(good))
+	}
+
+	stop := errors.New("reader went away")
+	calls := 0
+	err = s.Walk(func(*Message) error {
+		calls++
+		if calls == walkChunk+7 {
+			return stop
+		}
+		return nil
+	})
+	if !errors.Is(err, stop) || calls != walkChunk+7 {
+		t.Errorf("Walk after fn failed: %v after %d calls; want fn's error after %d calls", err, calls, walkChunk+7)
+	}
+}
+
+// TestRecoveryLoadsLargeQueue: the recovery reads metadata in parallel
+// chunks, and must still load every message, quarantine the damaged ones
+// wherever they fall, and say when it is done.
+func TestRecoveryLoadsLargeQueue(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	good, damaged := craftQueue(t, dir, 2*walkChunk+3)
+	ev := newEvents()
+	s, err := Open(dir, Options{Events: ev.record})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	loaded := ev.wait(t, EventLoaded, "")
+	if loaded.Queued != len(good) || loaded.Err != nil {
+		t.Errorf("EventLoaded: %d messages, err %v; want %d, no error", loaded.Queued, loaded.Err, len(good))
+	}
+	if s.Loading() {
+		t.Error("Loading() after EventLoaded")
+	}
+	if n, _ := s.Stats(); n != len(good) {
+		t.Errorf("Stats counts %d, want %d", n, len(good))
+	}
+	corrupt := files(t, dir, dirCorrupt)
+	for _, id := range damaged {
+		for _, name := range []string{string(id) + extMeta, string(id) + extBody} {
+			if !slices.Contains(corrupt, name) {
+				t.Errorf("%s not quarantined; corrupt/ holds %v", name, corrupt)
+			}
+		}
+	}
+	corrupts := 0
+	for _, k := range ev.kinds() {
+		if k == EventCorrupt {
+			corrupts++
+		}
+	}
+	if corrupts != len(damaged) {
+		t.Errorf("%d corrupt events, want %d", corrupts, len(damaged))
+	}
+}
+
+// TestLoadedEventForEmptyQueue: a fresh spool also reports that loading
+// is over, with nothing loaded.
+func TestLoadedEventForEmptyQueue(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{})
+	if e := te.ev.wait(t, EventLoaded, ""); e.Queued != 0 || e.Err != nil {
+		t.Errorf("EventLoaded on an empty spool: %d messages, err %v", e.Queued, e.Err)
+	}
+}
+
+// TestReadFileSizes: osFS.ReadFile ends on a short read instead of asking
+// again for EOF; files of every size around its buffer must still come
+// back whole.
+func TestReadFileSizes(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, size := range []int{0, 1, 4095, 4096, 4097, 8192, 50000} {
+		name := filepath.Join(dir, fmt.Sprint(size))
+		want := strings.Repeat("0123456789abcdef", size/16+1)[:size]
+		writeFile(t, name, want)
+		got, err := osFS{}.ReadFile(name)
+		if err != nil || string(got) != want {
+			t.Errorf("ReadFile of %d bytes: %d bytes, err %v", size, len(got), err)
+		}
+	}
+	if _, err := (osFS{}).ReadFile(filepath.Join(dir, "missing")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("ReadFile of a missing file: %v, want fs.ErrNotExist", err)
+	}
+}
