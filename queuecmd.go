@@ -8,9 +8,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"sealpost/relay"
 	"sealpost/spool"
@@ -147,15 +148,14 @@ func (q queueCmd) list() int {
 		return exitFailure
 	}
 	defer s.Close()
-	msgs, err := s.List()
-	if err != nil {
-		fmt.Fprintf(q.stderr, "sealpost queue list: %v\n", err)
-		return exitFailure
-	}
 	// One write per line of a 100,000-message queue was most of the
 	// listing's time.
 	out := bufio.NewWriterSize(q.stdout, 64<<10)
-	err = q.writeList(out, msgs)
+	if q.json {
+		err = q.writeListJSON(out, s)
+	} else {
+		err = q.writeList(out, s)
+	}
 	if ferr := out.Flush(); err == nil {
 		err = ferr
 	}
@@ -166,45 +166,116 @@ func (q queueCmd) list() int {
 	return exitOK
 }
 
-func (q queueCmd) writeList(out io.Writer, msgs []*spool.Message) error {
-	entries := make([]queueEntry, 0, len(msgs))
-	for _, m := range msgs {
-		entries = append(entries, q.entry(m, false))
-	}
-	if q.json {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		return enc.Encode(entries)
-	}
-	if len(entries) == 0 {
-		_, err := fmt.Fprintln(out, "Mail queue is empty")
+// writeListJSON streams the queue as one JSON array, laid out as
+// json.Encoder with SetIndent("", "  ") lays out the whole list, without
+// holding the list: an entry is written as soon as it is read.
+func (q queueCmd) writeListJSON(out io.Writer, s *spool.Spool) error {
+	n := 0
+	err := s.Walk(func(m *spool.Message) error {
+		data, err := json.MarshalIndent(q.entry(m, false), "  ", "  ")
+		if err != nil {
+			return err
+		}
+		sep := ",\n  "
+		if n == 0 {
+			sep = "[\n  "
+		}
+		n++
+		if _, err := io.WriteString(out, sep); err != nil {
+			return err
+		}
+		_, err = out.Write(data)
+		return err
+	})
+	if err != nil {
 		return err
 	}
-	tw := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tAGE\tSIZE\tFROM\tRECIPIENTS\tATTEMPTS\tNEXT\tLAST ERROR")
+	end := "\n]\n"
+	if n == 0 {
+		end = "[]\n"
+	}
+	_, err = io.WriteString(out, end)
+	return err
+}
+
+// queueColumns are the columns of `queue list`.
+var queueColumns = []string{"ID", "AGE", "SIZE", "FROM", "RECIPIENTS", "ATTEMPTS", "NEXT", "LAST ERROR"}
+
+// writeList writes the queue as an aligned table. Only the table's cells
+// are kept until the column widths are known, not the messages: a queue of
+// 100,000 is listed in tens of megabytes, not hundreds.
+func (q queueCmd) writeList(out io.Writer, s *spool.Spool) error {
+	t := table{rows: [][]string{queueColumns}}
 	var total int64
-	for _, e := range entries {
-		total += e.Size
-		rcpts := make([]string, len(e.Recipients))
-		for i, r := range e.Recipients {
-			rcpts[i] = r.Addr + " (" + r.State + ")"
+	err := s.Walk(func(m *spool.Message) error {
+		total += m.Size
+		rcpts := make([]string, len(m.Rcpts))
+		for i, r := range m.Rcpts {
+			rcpts[i] = r.Addr + " (" + string(r.State) + ")"
 		}
-		from := e.From
+		from := m.Envelope.From
 		if from == "" {
 			from = "<>"
 		}
 		next := "now"
-		if e.NextAttempt != nil && e.NextAttempt.After(q.now) {
-			next = "in " + shortDuration(e.NextAttempt.Sub(q.now))
+		if m.NextAttempt.After(q.now) {
+			next = "in " + shortDuration(m.NextAttempt.Sub(q.now))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", e.ID, shortDuration(time.Duration(e.AgeSeconds)*time.Second),
-			humanSize(e.Size), from, strings.Join(rcpts, ", "), e.Attempts, next, truncate(oneLineText(e.LastError), 80))
-	}
-	if err := tw.Flush(); err != nil {
+		age := time.Duration(int64(q.now.Sub(m.Created).Seconds())) * time.Second
+		t.rows = append(t.rows, []string{string(m.ID), shortDuration(age), humanSize(m.Size), from,
+			strings.Join(rcpts, ", "), strconv.Itoa(m.Attempts), next, truncate(oneLineText(m.LastError), 80)})
+		return nil
+	})
+	if err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(out, "-- %d message(s), %s\n", len(entries), humanSize(total))
+	if len(t.rows) == 1 {
+		_, err := fmt.Fprintln(out, "Mail queue is empty")
+		return err
+	}
+	if err := t.write(out); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(out, "-- %d message(s), %s\n", len(t.rows)-1, humanSize(total))
 	return err
+}
+
+// table aligns columns as text/tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
+// does when every row has the same number of cells: each column but the
+// last is padded to its widest cell (in runes) plus two spaces. tabwriter
+// itself keeps a copy of every cell and line in its own buffers, which for
+// a long queue is most of the listing's memory.
+type table struct {
+	rows [][]string
+}
+
+func (t *table) write(out io.Writer) error {
+	if len(t.rows) == 0 {
+		return nil
+	}
+	widths := make([]int, len(t.rows[0])-1)
+	for _, row := range t.rows {
+		for i := range widths {
+			widths[i] = max(widths[i], utf8.RuneCountInString(row[i]))
+		}
+	}
+	var line []byte
+	for _, row := range t.rows {
+		line = line[:0]
+		for i, cell := range row {
+			line = append(line, cell...)
+			if i < len(widths) {
+				for range widths[i] + 2 - utf8.RuneCountInString(cell) {
+					line = append(line, ' ')
+				}
+			}
+		}
+		line = append(line, '\n')
+		if _, err := out.Write(line); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (q queueCmd) show(idArg string, withBody bool) int {
