@@ -275,6 +275,10 @@ func TestRestartDeliversQueuedMail(t *testing.T) {
 	d = startServe(t, setup.writeConfig(t, listen, up.Addr(), ""), listen)
 	msgs := up.Expect(t, 2)
 	d.stop(t)
+	// The log tells an operator when a restart has loaded the queue.
+	if !regexp.MustCompile(`spool: queue loaded.*queued\W+2\b`).MatchString(d.stderr.String()) {
+		t.Errorf("the restarted daemon did not log loading its 2 queued messages:\n%s", d.stderr)
+	}
 	subjects := map[string]int{}
 	for _, m := range up.Messages() {
 		for _, s := range []string{"first", "second"} {

@@ -11,6 +11,16 @@ import (
 // recorded by the routing deliverer (route.go), which knows the upstream's
 // reply and TLS version; the rest only the spool knows.
 func (r *Relay) spoolEvent(e spool.Event) {
+	if e.Kind == spool.EventLoaded {
+		// After a restart, how long until the whole queue is scheduled
+		// (and counted by the control socket's replies).
+		level, attrs := slog.LevelInfo, []slog.Attr{slog.Int("queued", e.Queued), slog.Int64("duration_ms", e.Duration.Milliseconds())}
+		if e.Err != nil {
+			level, attrs = slog.LevelError, append(attrs, slog.String("error", e.Err.Error()))
+		}
+		r.log.LogAttrs(context.Background(), level, "spool: queue loaded", attrs...)
+		return
+	}
 	// A deferral is the last record of its attempt; the next attempt
 	// records its own upstream.
 	if r.routes != nil && (e.Done || e.Kind == spool.EventDeleted || e.Kind == spool.EventDeferred) {
