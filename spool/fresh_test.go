@@ -8,23 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
-
-// metaReadCounter counts reads of queue/ metadata.
-type metaReadCounter struct {
-	FS
-	reads atomic.Int32
-}
-
-func (c *metaReadCounter) ReadFile(name string) ([]byte, error) {
-	if filepath.Base(filepath.Dir(name)) == dirQueue {
-		c.reads.Add(1)
-	}
-	return c.FS.ReadFile(name)
-}
 
 // TestFirstAttemptFromMemory: a message committed by this process is
 // delivered the first time from the metadata Put kept, not read back from
@@ -33,7 +19,7 @@ func (c *metaReadCounter) ReadFile(name string) ([]byte, error) {
 // delivered exactly as stored either way.
 func TestFirstAttemptFromMemory(t *testing.T) {
 	t.Parallel()
-	fsys := &metaReadCounter{FS: OSFS()}
+	fsys := &opCounter{FS: OSFS()}
 	te := newTestEnv(t, Options{FS: fsys})
 	const extra = 5
 	want := map[ID]string{}
@@ -84,7 +70,7 @@ func TestFirstAttemptFromMemory(t *testing.T) {
 	if n := len(d.Calls()); n != len(want) {
 		t.Errorf("%d deliveries, want %d", n, len(want))
 	}
-	if reads := int(fsys.reads.Load()); reads > extra {
+	if reads := int(fsys.metaReads.Load()); reads > extra {
 		t.Errorf("%d metadata reads for %d deliveries, want at most %d (those beyond the cap)", reads, len(want), extra)
 	}
 	te.s.mu.Lock()

@@ -82,7 +82,7 @@ func TestLargeQueueRestart(t *testing.T) {
 	}
 }
 
-// opCounter counts directory listings and metadata reads.
+// opCounter counts directory listings and reads of queue/ metadata.
 type opCounter struct {
 	FS
 	readDirs, metaReads atomic.Int64
