@@ -603,23 +603,38 @@ func (s *Spool) readMeta(dir string, id ID, op string) (*Message, error) {
 	if _, err := ParseID(string(id)); err != nil {
 		return nil, err
 	}
+	r := s.loadMeta(dir, id)
+	switch {
+	case r.readFail && errors.Is(r.err, fs.ErrNotExist), r.incomplete:
+		// A cut-short file is a Put still writing it, or one a crash cut
+		// short (Open quarantines those): not a queued message.
+		return nil, fmt.Errorf("spool: %s %s: %w", op, id, ErrNotFound)
+	case r.err != nil:
+		return nil, fmt.Errorf("spool: %s %s: %w", op, id, r.err)
+	}
+	return r.m, nil
+}
+
+// metaRead is the metadata of one message as loadMeta found it.
+type metaRead struct {
+	id         ID
+	m          *Message // nil if it could not be read or decoded
+	err        error    // why m is nil: the read error, or the decoding error
+	readFail   bool     // err is the read's
+	incomplete bool     // the file is a first write cut short (incompleteMeta)
+}
+
+// loadMeta reads and decodes dir/id's metadata.
+func (s *Spool) loadMeta(dir string, id ID) metaRead {
+	r := metaRead{id: id}
 	data, err := s.fs.ReadFile(s.path(dir, string(id)+extMeta))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("spool: %s %s: %w", op, id, ErrNotFound)
-	}
 	if err != nil {
-		return nil, fmt.Errorf("spool: %s %s: %w", op, id, err)
+		r.err, r.readFail = err, true
+		return r
 	}
-	m, err := decodeMessage(data, id)
-	if err != nil && incompleteMeta(data) {
-		// A Put still writing it, or one a crash cut short (Open
-		// quarantines those): not a queued message.
-		return nil, fmt.Errorf("spool: %s %s: %w", op, id, ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("spool: %s %s: %w", op, id, err)
-	}
-	return m, nil
+	r.m, r.err = decodeMessage(data, id)
+	r.incomplete = r.err != nil && incompleteMeta(data)
+	return r
 }
 
 // OpenBody opens a queued message for reading, as it will be delivered.
@@ -701,15 +716,6 @@ func (s *Spool) Walk(fn func(*Message) error) error {
 	})
 }
 
-// metaRead is the metadata of one queued message as readMetas found it.
-type metaRead struct {
-	id       ID
-	data     []byte   // the file's content
-	m        *Message // nil if it could not be read or decoded
-	err      error    // why m is nil: the read error, or the decoding error
-	readFail bool     // err is the read's
-}
-
 // readMetas reads and decodes the metadata of ids in queue/, calling fn
 // with each in the order of ids; an error from fn ends it. Reading is a
 // file open and a JSON decode each: a chunk of walkChunk is spread over the
@@ -732,12 +738,7 @@ func (s *Spool) readMetas(ids []ID, fn func(metaRead) error) error {
 				go func() {
 					defer wg.Done()
 					for i := int(next.Add(1) - 1); i < len(part); i = int(next.Add(1) - 1) {
-						r := &part[i]
-						r.id = ids[start+i]
-						r.data, r.err = s.fs.ReadFile(s.path(dirQueue, string(r.id)+extMeta))
-						if r.readFail = r.err != nil; !r.readFail {
-							r.m, r.err = decodeMessage(r.data, r.id)
-						}
+						part[i] = s.loadMeta(dirQueue, ids[start+i])
 					}
 				}()
 			}
@@ -860,7 +861,7 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 		if r.readFail {
 			return fmt.Errorf("spool: read %s: %w", name, err)
 		}
-		if err != nil && incompleteMeta(r.data) {
+		if r.incomplete {
 			// Most likely the first write of a Put that a crash cut short,
 			// which was never acknowledged; but a file damaged later looks
 			// the same, so it is kept for the operator, not deleted.
