@@ -208,22 +208,9 @@ func (q queueCmd) writeList(out io.Writer, s *spool.Spool) error {
 	t := table{rows: [][]string{queueColumns}}
 	var total int64
 	err := s.Walk(func(m *spool.Message) error {
-		total += m.Size
-		rcpts := make([]string, len(m.Rcpts))
-		for i, r := range m.Rcpts {
-			rcpts[i] = r.Addr + " (" + string(r.State) + ")"
-		}
-		from := m.Envelope.From
-		if from == "" {
-			from = "<>"
-		}
-		next := "now"
-		if m.NextAttempt.After(q.now) {
-			next = "in " + shortDuration(m.NextAttempt.Sub(q.now))
-		}
-		age := time.Duration(int64(q.now.Sub(m.Created).Seconds())) * time.Second
-		t.rows = append(t.rows, []string{string(m.ID), shortDuration(age), humanSize(m.Size), from,
-			strings.Join(rcpts, ", "), strconv.Itoa(m.Attempts), next, truncate(oneLineText(m.LastError), 80)})
+		e := q.entry(m, false)
+		total += e.Size
+		t.rows = append(t.rows, q.row(e))
 		return nil
 	})
 	if err != nil {
@@ -238,6 +225,25 @@ func (q queueCmd) writeList(out io.Writer, s *spool.Spool) error {
 	}
 	_, err = fmt.Fprintf(out, "-- %d message(s), %s\n", len(t.rows)-1, humanSize(total))
 	return err
+}
+
+// row is a message's line in the `queue list` table, from the same entry
+// that `queue list -json` prints.
+func (q queueCmd) row(e queueEntry) []string {
+	rcpts := make([]string, len(e.Recipients))
+	for i, r := range e.Recipients {
+		rcpts[i] = r.Addr + " (" + r.State + ")"
+	}
+	from := e.From
+	if from == "" {
+		from = "<>"
+	}
+	next := "now"
+	if e.NextAttempt != nil && e.NextAttempt.After(q.now) {
+		next = "in " + shortDuration(e.NextAttempt.Sub(q.now))
+	}
+	return []string{e.ID, shortDuration(time.Duration(e.AgeSeconds) * time.Second), humanSize(e.Size), from,
+		strings.Join(rcpts, ", "), strconv.Itoa(e.Attempts), next, truncate(oneLineText(e.LastError), 80)}
 }
 
 // table aligns columns as text/tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
