@@ -144,6 +144,37 @@ func TestPipelinedRecipientOutcomes(t *testing.T) {
 	}
 }
 
+// TestRefusalsSurviveALostConnection: a recipient refused for good keeps
+// its own answer when the connection is lost afterwards (here at DATA),
+// so it is bounced instead of being tried again with the rest.
+func TestRefusalsSurviveALostConnection(t *testing.T) {
+	t.Parallel()
+	refuse := func(addr string) string {
+		if strings.HasPrefix(addr, "gone@") {
+			return "550 5.1.1 No such user"
+		}
+		return ""
+	}
+	for _, pipelining := range []bool{true, false} {
+		t.Run(map[bool]string{true: "pipelining", false: "lockstep"}[pipelining], func(t *testing.T) {
+			t.Parallel()
+			srv := newScriptServer(t, scriptOpts{pipelining: pipelining, rcpt: refuse, hangUpAtData: true})
+			p := upstream.NewPool(newClient(t, srv.config(t)), upstream.PoolConfig{MaxConnections: 1})
+			defer p.Close()
+			perRcpt, err := scriptDeliver(t, p, "gone@example.org", "ok@example.org")
+			if err == nil || !asError(t, err).Temporary() {
+				t.Fatalf("delivery over a lost connection: %v, want a temporary error", err)
+			}
+			if len(perRcpt) != 2 || perRcpt[1] != nil {
+				t.Fatalf("perRcpt = %v, want the refusal and nothing for the other", perRcpt)
+			}
+			if gone := asError(t, perRcpt[0]); gone.Code != 550 || gone.Temporary() {
+				t.Errorf("refused recipient: %+v, want its permanent 550", gone)
+			}
+		})
+	}
+}
+
 // TestPipelinedAllRecipientsRefused: no body is sent when every RCPT is
 // refused. A pipelined DATA the server refuses needs nothing more; one it
 // answers with 354 gets a lone dot (RFC 2920 section 3.1, as Postfix

@@ -44,6 +44,8 @@ type scriptOpts struct {
 	// data answers the DATA command whatever the recipients; by default
 	// 354, or 554 when no recipient was accepted.
 	data string
+	// hangUpAtData closes the connection on DATA without a reply.
+	hangUpAtData bool
 }
 
 type scriptLine struct {
@@ -168,6 +170,9 @@ func (s *scriptServer) serve(c net.Conn, id int) {
 			}
 			ok = reply(r)
 		case "DATA":
+			if s.opts.hangUpAtData {
+				return
+			}
 			r := "354 End data with <CR><LF>.<CR><LF>"
 			if len(to) == 0 {
 				r = "554 5.5.1 Error: no valid recipients"

@@ -166,19 +166,18 @@ func (s *session) send(ctx context.Context, msg Message, body io.Reader) (perRcp
 		if sent == answered {
 			break
 		}
+		// From here on, every failure returns perRcpt: refusals already
+		// read stay authoritative for their recipients (all nil after a
+		// refused MAIL, so nothing is claimed then).
 		if err := s.w.Flush(); err != nil {
 			s.broken = true
-			return nil, "", newError(ctx, cmds[answered].op, err)
+			return perRcpt, "", newError(ctx, cmds[answered].op, err)
 		}
 		for ; answered < sent; answered++ {
 			c := cmds[answered]
 			code, text, err := s.readReply(ctx, c.op, s.c.cfg.CommandTimeout)
 			if err != nil {
-				if c.op == "rcpt" && mailErr == nil {
-					// Earlier refusals stay authoritative.
-					return perRcpt, "", err
-				}
-				return nil, "", err
+				return perRcpt, "", err
 			}
 			switch c.op {
 			case "rset":
