@@ -111,6 +111,16 @@ func TestMetricsAfterTraffic(t *testing.T) {
 		t.Fatal("third message within the sender's limit accepted")
 	}
 
+	// The "delivered" record is written during the attempt; the queue
+	// gauge counts the message until the spool has finished with it.
+	deadline := time.Now().Add(10 * time.Second)
+	for n, _ := env.relay.spool.Stats(); n != 0; n, _ = env.relay.spool.Stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d messages still queued 10s after the delivery", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
 	families := scrape(t, env.relay)
 	for _, tc := range []struct {
 		name   string
