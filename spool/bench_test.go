@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"testing"
+	"time"
 )
 
 func benchSpool(b *testing.B) *Spool {
@@ -43,4 +44,22 @@ func BenchmarkPutParallel(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkStats100k: the metrics scrape and control replies count the
+// queue under the lock Put needs, here with 100,000 queued messages.
+func BenchmarkStats100k(b *testing.B) {
+	s := benchSpool(b)
+	start := time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC)
+	s.mu.Lock()
+	for i := range 100_000 {
+		id := newID(start.Add(time.Duration(i) * time.Second))
+		s.items[id] = &item{id: id, index: -1}
+	}
+	s.mu.Unlock()
+	for b.Loop() {
+		if n, _ := s.Stats(); n != 100_000 {
+			b.Fatal(n)
+		}
+	}
 }

@@ -586,13 +586,21 @@ func (s *Spool) writeMeta(m *Message, dir string, ds *dirSyncer) error {
 // recovery has loaded them.
 func (s *Spool) Stats() (n int, oldest time.Time) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	var first ID
 	for id := range s.items {
-		if t := id.Time(); !t.IsZero() && (oldest.IsZero() || t.Before(oldest)) {
-			oldest = t
+		// IDs begin with a fixed-width UTC time, so they sort in time
+		// order as strings: one parse, not one per message under the
+		// lock that Put needs too.
+		if first == "" || id < first {
+			first = id
 		}
 	}
-	return len(s.items), oldest
+	n = len(s.items)
+	s.mu.Unlock()
+	if first == "" {
+		return 0, time.Time{}
+	}
+	return n, first.Time()
 }
 
 // Get returns the metadata of a queued message.
