@@ -66,27 +66,18 @@ func (l *guardedListener) Close() error {
 	return err
 }
 
-// listenTCP listens on addr for SMTP clients. On a loopback address TCP
+// listenTCP listens on a for SMTP clients. On a loopback address TCP
 // keepalive is left off: Go turns it on for every accepted connection, four
 // setsockopt calls each (the costliest part of an accept here), yet a
 // client on this host cannot vanish without the kernel closing its end,
 // and one that idles is ended by listen.read_timeout anyway. Elsewhere the
 // default stays.
-func listenTCP(addr string) (net.Listener, error) {
+func listenTCP(a ListenAddr) (net.Listener, error) {
 	var lc net.ListenConfig
-	if isLoopbackHostPort(addr) {
+	if a.Loopback() {
 		lc.KeepAlive = -1
 	}
-	return lc.Listen(context.Background(), "tcp", addr)
-}
-
-func isLoopbackHostPort(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	ip, err := netip.ParseAddr(host)
-	return err == nil && ip.IsLoopback()
+	return lc.Listen(context.Background(), "tcp", a.String())
 }
 
 // refuse answers a refused client and hangs up. The deadline keeps a client

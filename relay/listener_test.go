@@ -183,19 +183,28 @@ func TestReleasingConnHoldsOnlyReplyStarts(t *testing.T) {
 // each); other addresses keep Go's default.
 func TestListenTCPLoopbackWithoutKeepAlive(t *testing.T) {
 	t.Parallel()
+	// listenTCP decides by ListenAddr.Loopback; "localhost" listens on
+	// loopback only, so it counts too.
 	for _, tc := range []struct {
 		addr string
 		want bool
 	}{
 		{"127.0.0.1:25", true}, {"[::1]:25", true}, {"127.0.0.2:25", true},
-		{"192.0.2.1:25", false}, {"[2001:db8::1]:25", false}, {"localhost:25", false}, {"nonsense", false},
+		{"192.0.2.1:25", false}, {"[2001:db8::1]:25", false}, {"localhost:25", true},
 	} {
-		if got := isLoopbackHostPort(tc.addr); got != tc.want {
-			t.Errorf("isLoopbackHostPort(%q) = %v", tc.addr, got)
+		var a ListenAddr
+		if err := a.UnmarshalText([]byte(tc.addr)); err != nil {
+			t.Fatal(err)
+		}
+		if got := a.Loopback(); got != tc.want {
+			t.Errorf("ListenAddr(%q).Loopback() = %v", tc.addr, got)
 		}
 	}
+	if err := new(ListenAddr).UnmarshalText([]byte("nonsense")); err == nil {
+		t.Error(`listen address "nonsense" accepted`)
+	}
 
-	ln, err := listenTCP("127.0.0.1:0")
+	ln, err := listenTCP(ListenAddr{Host: "127.0.0.1", Port: "0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,13 +238,13 @@ func TestListenTCPLoopbackWithoutKeepAlive(t *testing.T) {
 func BenchmarkAccept(b *testing.B) {
 	for _, bc := range []struct {
 		name   string
-		listen func(string) (net.Listener, error)
+		listen func(ListenAddr) (net.Listener, error)
 	}{
 		{"listenTCP", listenTCP},
-		{"default", func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }},
+		{"default", func(a ListenAddr) (net.Listener, error) { return net.Listen("tcp", a.String()) }},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			ln, err := bc.listen("127.0.0.1:0")
+			ln, err := bc.listen(ListenAddr{Host: "127.0.0.1", Port: "0"})
 			if err != nil {
 				b.Fatal(err)
 			}

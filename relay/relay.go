@@ -129,7 +129,7 @@ func New(cfg *Config, opts Options) (_ *Relay, err error) {
 	r.server.ErrorLog = slogPrinter{logger.With(slog.String("component", "smtpd"))}
 
 	for _, a := range cfg.Listen.Addrs {
-		l, err := listenTCP(a.String())
+		l, err := listenTCP(a)
 		if err != nil {
 			return nil, fmt.Errorf("listen on %s (listen.addrs): %w", a, err)
 		}
