@@ -11,16 +11,6 @@ import (
 	"syscall"
 )
 
-// sockDiagOwner asks the kernel, through netlink's sock_diag, for the owner
-// of the one established TCP socket with exactly these ends. It costs one
-// request and one reply, where scanning /proc/net/tcp costs reading a line
-// for every socket on the host — on a busy relay that scan was a seventh of
-// all CPU. ok is false when the kernel knows no such socket; err is set
-// when sock_diag itself is unavailable and the caller should fall back.
-func sockDiagOwner(local, remote netip.AddrPort) (uid int, ok bool, err error) {
-	return (*diagSockets)(nil).owner(local, remote)
-}
-
 // diagSockets keeps a few sock_diag sockets open between lookups: making
 // one and closing it (socket, setsockopt, close) cost more than the
 // question itself, asked for every connection. A socket goes back to the
@@ -106,7 +96,13 @@ func (d *diagSockets) nextSeq() uint32 {
 	return d.seq.Add(1)
 }
 
-// owner is sockDiagOwner on a kept socket.
+// owner asks the kernel, through netlink's sock_diag, for the owner
+// of the one established TCP socket with exactly these ends. It costs one
+// request and one reply, where scanning /proc/net/tcp costs reading a line
+// for every socket on the host — on a busy relay that scan was a seventh of
+// all CPU. ok is false when the kernel knows no such socket; err is set
+// when sock_diag itself is unavailable and the caller should fall back.
+// A nil d opens and closes a socket for the question.
 func (d *diagSockets) owner(local, remote netip.AddrPort) (uid int, ok bool, err error) {
 	s, err := d.get()
 	if err != nil {

@@ -92,7 +92,7 @@ func TestSockDiagMatchesProcTables(t *testing.T) {
 		local, _ := addrPort(server.LocalAddr())
 		remote, _ := addrPort(server.RemoteAddr())
 
-		uid, found, err := sockDiagOwner(remote, local)
+		uid, found, err := (*diagSockets)(nil).owner(remote, local)
 		if err != nil {
 			t.Skipf("sock_diag unavailable here: %v", err)
 		}
@@ -103,7 +103,7 @@ func TestSockDiagMatchesProcTables(t *testing.T) {
 			t.Errorf("%s: tcpPeer uid = %d", network, got.uid)
 		}
 		missing := netip.AddrPortFrom(remote.Addr(), remote.Port()+1)
-		if _, found, err := sockDiagOwner(missing, local); err != nil || found {
+		if _, found, err := (*diagSockets)(nil).owner(missing, local); err != nil || found {
 			t.Errorf("%s: a socket that does not exist: found %v, err %v", network, found, err)
 		}
 	}

@@ -31,19 +31,13 @@ func replyQueued(id string) error {
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + id}
 }
 
-// dataReply maps the outcome of reading and spooling a message to the reply
-// the client sees. Everything that is not the client's fault is temporary,
-// so a well-behaved client keeps the message and tries again; no internal
-// detail (paths, errno text) reaches the client.
-func dataReply(err error) *smtp.SMTPError {
-	reply, _ := dataOutcome(err)
-	return reply
-}
-
-// dataOutcome is dataReply plus the rule the audit record and the
-// rejection metric name. Only the "spool" and "dkim" rules are sealpost's
-// own trouble; the others are the client's doing and must not look like a
-// disk problem on a dashboard.
+// dataOutcome maps the outcome of reading and spooling a message to the
+// reply the client sees, and the rule the audit record and the rejection
+// metric name. Everything that is not the client's fault is temporary, so
+// a well-behaved client keeps the message and tries again; no internal
+// detail (paths, errno text) reaches the client. Only the "spool" and
+// "dkim" rules are sealpost's own trouble; the others are the client's
+// doing and must not look like a disk problem on a dashboard.
 func dataOutcome(err error) (*smtp.SMTPError, string) {
 	var se *smtp.SMTPError
 	var ue *unsignedError

@@ -36,15 +36,15 @@ func TestDataReply(t *testing.T) {
 		{fmt.Errorf("spool: write body: %w", os.ErrDeadlineExceeded), 421, smtp.EnhancedCode{4, 4, 2}},
 		{errors.New("anything else"), 451, smtp.EnhancedCode{4, 3, 0}},
 	} {
-		got := dataReply(tc.err)
+		got, _ := dataOutcome(tc.err)
 		if tc.err == nil {
 			if got != nil {
-				t.Errorf("dataReply(nil) = %v", got)
+				t.Errorf("dataOutcome(nil) = %v", got)
 			}
 			continue
 		}
 		if got.Code != tc.wantCode || got.EnhancedCode != tc.wantEnh {
-			t.Errorf("dataReply(%v) = %d %v, want %d %v", tc.err, got.Code, got.EnhancedCode, tc.wantCode, tc.wantEnh)
+			t.Errorf("dataOutcome(%v) = %d %v, want %d %v", tc.err, got.Code, got.EnhancedCode, tc.wantCode, tc.wantEnh)
 		}
 		if strings.Contains(got.Message, "/var/spool") {
 			t.Errorf("reply leaks a path: %q", got.Message)
