@@ -141,6 +141,7 @@ func startServe(t *testing.T, config, listen string) *daemon {
 	}
 	go func() { d.done <- d.cmd.Wait() }()
 	t.Cleanup(func() {
+		d.checkArgv(t)
 		d.cmd.Process.Kill()
 		<-d.done
 		if strings.Contains(d.stderr.String(), e2ePassword) {
@@ -166,9 +167,30 @@ func startServe(t *testing.T, config, listen string) *daemon {
 	}
 }
 
+// checkArgv checks DESIGN.md's promise 2 for argv while the daemon runs,
+// after the test's traffic (it has read its secrets by then): no
+// credential in its command line.
+func (d *daemon) checkArgv(t *testing.T) {
+	t.Helper()
+	select {
+	case err := <-d.done:
+		d.done <- err // exited: nothing left to look at
+		return
+	default:
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", d.cmd.Process.Pid))
+	if err != nil {
+		return // not Linux, or exited meanwhile
+	}
+	if bytes.Contains(cmdline, []byte(e2ePassword)) {
+		t.Errorf("the upstream password appears in sealpost's command line")
+	}
+}
+
 // stop sends SIGTERM and expects a clean exit.
 func (d *daemon) stop(t *testing.T) {
 	t.Helper()
+	d.checkArgv(t)
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	if err := d.waitExit(t); err != nil {
 		t.Errorf("sealpost serve exited with %v after SIGTERM:\n%s", err, d.stderr)

@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"crypto/tls"
+	"errors"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -13,6 +14,8 @@ import (
 	"sealpost/certs/certstest"
 	"sealpost/spool"
 	"sealpost/upstream/upstreamtest"
+
+	"github.com/emersion/go-smtp"
 )
 
 var queuedReply = regexp.MustCompile(`^2\.0\.0 OK: queued as (\d{8}T\d{6}-[a-z2-7]{10})$`)
@@ -366,6 +369,12 @@ func TestMessageTooBig(t *testing.T) {
 	_, err := send(t, env.addr, "app@example.com", []string{"ops@example.net"}, testBody+strings.Repeat("0123456789abcdef\r\n", 100))
 	if err == nil || !strings.Contains(err.Error(), "552") {
 		t.Errorf("oversized message: err = %v, want 552\n%s", err, env.logs.String())
+	}
+	// DESIGN.md's reply table: 552 5.3.4 on the wire, not only in the
+	// mapping (reply_test.go).
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.EnhancedCode != (smtp.EnhancedCode{5, 3, 4}) {
+		t.Errorf("oversized message: %v, want enhanced code 5.3.4", err)
 	}
 	assertQueueLen(t, cfg, 0)
 }
