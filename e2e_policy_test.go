@@ -109,9 +109,11 @@ func TestInjectedMessageRefusedNothingQueued(t *testing.T) {
 		t.Errorf("swaks with a duplicate Subject: %v\n%s", err, out)
 	}
 	d.stop(t)
-	entries, _ := os.ReadDir(filepath.Join(setup.spoolDir, "queue"))
-	if len(entries) != 0 {
-		t.Errorf("%d entries queued after a refused injection", len(entries))
+	for _, sub := range []string{"body", "queue"} {
+		entries, _ := os.ReadDir(filepath.Join(setup.spoolDir, sub))
+		if len(entries) != 0 {
+			t.Errorf("%d entries in %s/ after a refused injection", len(entries), sub)
+		}
 	}
 	if !strings.Contains(d.stderr.String(), `"rule":"duplicate-field"`) {
 		t.Errorf("no audit record names the rule:\n%s", d.stderr)

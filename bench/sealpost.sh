@@ -73,5 +73,6 @@ for _ in $(seq 50); do
 	(exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
 	sleep 0.1
 done
-queue_empty="test -z \"\$(ls -A $work/spool/queue 2>/dev/null)\""
+# A queued message always has its file in body/.
+queue_empty="test -z \"\$(ls -A $work/spool/body 2>/dev/null)\""
 bash "$kit/run.sh" -p "$port" -l "sealpost-$mode" -P "$pid" -q "$queue_empty" "$@"

@@ -397,6 +397,13 @@ func (s *Spool) attempt(ctx context.Context, d Deliverer, it *item) {
 	start := s.now()
 	perRcpt, aerr := s.deliver(ctx, d, m, pending)
 	now := s.now()
+	if errors.Is(aerr, ErrCorrupt) {
+		s.forget(it)
+		if qerr := s.quarantine(string(it.id)+extMeta, it.id, aerr); qerr != nil {
+			s.event(Event{Kind: EventError, ID: it.id, Err: qerr})
+		}
+		return
+	}
 	var paused interface{ RetryAt() time.Time }
 	if aerr != nil && errors.As(aerr, &paused) {
 		// The deliverer did not even try (its upstream is in a backoff
@@ -533,7 +540,7 @@ func (s *Spool) emit(events []Event) {
 // deliver calls d with the body open, turning a panic into a temporary
 // error: a buggy deliverer must not take the queue down with it.
 func (s *Spool) deliver(ctx context.Context, d Deliverer, m *Message, to []string) (perRcpt []error, err error) {
-	body, err := s.openMessage(m)
+	body, err := s.openMessage(m, dirBody)
 	if err != nil {
 		return nil, err
 	}
@@ -545,7 +552,13 @@ func (s *Spool) deliver(ctx context.Context, d Deliverer, m *Message, to []strin
 	}()
 	env := m.Envelope
 	env.Size = m.Size
-	return d.Deliver(ctx, m.ID, env, to, body)
+	perRcpt, err = d.Deliver(ctx, m.ID, env, to, body)
+	if cerr := body.body.corrupt(); cerr != nil {
+		// Whatever the deliverer made of the read error, the body on disk
+		// is not the one that was accepted.
+		return nil, cerr
+	}
+	return perRcpt, err
 }
 
 // finish takes a message with no pending recipient out of the queue.

@@ -12,9 +12,13 @@
 //
 //	lock              flock(2)ed by the one process that owns the spool
 //	tmp/<id>.json     metadata being rewritten; anything in tmp/ at Open is a crash leftover and removed
-//	body/<id>.eml     the message body, written once, never rewritten; one
-//	                  without metadata in queue/ is an interrupted Put, removed at Open
-//	queue/<id>.json   the metadata ([Message]); its presence is the commit marker
+//	body/<id>.eml     the message body, followed by its first metadata and a
+//	                  footer (the trailer, see trailer.go); written once,
+//	                  never rewritten. Its whole footer is the commit marker:
+//	                  one without it is an interrupted Put, removed at Open
+//	queue/<id>.json   the metadata ([Message]) once it has changed (after a
+//	                  delivery attempt, or by versions before the trailer,
+//	                  from the start); when present it wins over the trailer
 //	failed/           given-up messages: <id>.json and <id>.eml, kept for the operator
 //	corrupt/          quarantined files that could not be decoded, with their body if any
 //
@@ -22,43 +26,44 @@
 // 50 random bits, so they sort by age, are safe as file names, and
 // [ParseID] refuses anything else (no "../x" ever reaches a path).
 //
-// # Durability order of Put
+// # Durability of Put
 //
-//  1. write body/<id>.eml and fsync it (no temp name: without metadata it
-//     is not a message, so a rename would buy nothing)
-//  2. fsync body/ — before the commit marker exists, so that a crash can
-//     never leave metadata whose body's directory entry was lost
-//     (directories are independent on disk); a Put alone does this during
-//     step 1's fsync instead
-//  3. write queue/<id>.json under its final name — the commit marker —
-//     and fsync it and queue/ together; only when both have finished is
-//     the message durable, and Put returns
+//  1. create body/<id>.eml (exclusively, under its final name: without its
+//     trailer it is not a message, so a temp name and a rename would buy
+//     nothing) and write the body, computing its length and CRC-32C
+//  2. start the body's write-back and the fsync of body/ in the
+//     background, while the fields that need the whole body (the DKIM
+//     signature) are computed
+//  3. append the metadata (with those fields, the length and the sum) and
+//     the footer, and fsync the file
+//  4. once that fsync and body/'s have finished, the message is durable
+//     and Put returns
 //
-// No temp name and rename for the first metadata: that would cost another
-// round of fsyncs for every message. Readers may see it before it is
-// durable; metadata that is empty or cut short (incompleteMeta) reads as
-// absent. A crash during step 3 can leave it so; such a message was never
-// acknowledged, but damage looks the same, so Open quarantines it in
-// corrupt/ with its body, like metadata that does not decode. Files are
-// created exclusively, so no name clash overwrites another message. A
-// Delete that finds the message before Put has returned is carried out
-// when Put ends.
+// One file and one directory per message: a Put costs one file fsync and a
+// share of one directory fsync. Readers may see the trailer before it is
+// durable. A crash before step 4 has finished can leave the footer cut
+// short or missing (the file is then an interrupted Put, removed at Open),
+// or whole after a body whose blocks did not all reach the disk: the
+// recorded length and sum tell that when the body is read, and such a
+// message, never acknowledged, is quarantined in corrupt/ before a
+// deliverer could end its data (verifiedBody). A footer whose metadata
+// fails its checksum is damage and is quarantined too. A Delete that finds
+// the message before Put has returned is carried out when Put ends.
 //
-// A body without metadata is an interrupted Put and is removed at Open.
 // After a delivery attempt that leaves recipients pending, the metadata is
-// replaced atomically (tmp/, fsync, rename, fsync queue/). Directory fsyncs
-// are shared between concurrent callers (group commit, see dirSyncer): a
-// burst of Puts costs about two fsyncs per directory instead of one each,
-// yet no Put returns before an fsync that started after it created its
-// metadata has finished. The spool keeps its directories open for these
-// fsyncs.
+// written to queue/ atomically (tmp/, fsync, rename, fsync queue/); from
+// then on that file counts. Directory fsyncs are shared between concurrent
+// callers (group commit, see dirSyncer): a burst of Puts costs about two
+// fsyncs of body/ instead of one each, yet no Put returns before an fsync
+// that started after it created its file has finished. The spool keeps its
+// directories open for these fsyncs.
 //
-// A message delivered to every recipient is removed (metadata, then body)
-// without an fsync: a crash that undoes the removal makes it be delivered
-// again, which at-least-once allows; an operator's delete is fsynced. A
-// message with failed recipients first has its final states made durable
-// in queue/ and is then moved to failed/; Open completes a move that a
-// crash interrupted.
+// A message delivered to every recipient is removed (its metadata file if
+// any, then its body file) without an fsync: a crash that undoes the
+// removal makes it be delivered again, which at-least-once allows; an
+// operator's delete is fsynced. A message with failed recipients first has
+// its final states made durable in queue/ and is then moved to failed/;
+// Open completes a move that a crash interrupted.
 //
 // # Delivery
 //

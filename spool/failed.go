@@ -6,7 +6,6 @@ import (
 	"io"
 	"io/fs"
 	"slices"
-	"strings"
 	"time"
 )
 
@@ -32,18 +31,11 @@ func (s *Spool) Lookup(id ID) (m *Message, body io.ReadCloser, inFailed bool, er
 	if inFailed {
 		dir = dirFailed
 	}
-	f, err := s.fs.Open(s.path(dir, string(id)+extBody))
+	body, err = s.openMessage(m, dir)
 	if err != nil {
-		// A delivered message can leave between the two reads.
-		if errors.Is(err, fs.ErrNotExist) {
-			err = ErrNotFound
-		}
-		return nil, nil, false, fmt.Errorf("spool: open body %s: %w", id, err)
+		return nil, nil, false, err
 	}
-	if m.Header == "" {
-		return m, f, inFailed, nil
-	}
-	return m, prefixedBody{Reader: io.MultiReader(strings.NewReader(m.Header), f), Closer: f}, inFailed, nil
+	return m, body, inFailed, nil
 }
 
 // ListFailed returns the messages kept in failed/, oldest first.

@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -78,8 +79,12 @@ type faultFile struct {
 }
 
 func (f *faultFile) Write(p []byte) (int, error) {
+	op := "write"
+	if bytes.Contains(p, []byte(trailerMagic)) {
+		op = "write trailer"
+	}
 	// Write half, then fail: a short write like a full disk gives.
-	if err := f.fs.fail("write", f.name); err != nil {
+	if err := f.fs.fail(op, f.name); err != nil {
 		n, _ := f.File.Write(p[:len(p)/2])
 		return n, err
 	}
@@ -109,19 +114,15 @@ func sep(s string) string { return string(filepath.Separator) + s + string(filep
 func TestPutFaults(t *testing.T) {
 	t.Parallel()
 	tests := []struct{ op, match string }{
-		{"create", sep(dirBody)},                           // body file
-		{"write", extBody},                                 // body data (disk full)
-		{"sync", extBody},                                  // body fsync
-		{"close", extBody},                                 // body close (NFS write-back)
-		{"create", extMeta},                                // metadata (the commit marker)
-		{"write", extMeta},                                 // metadata data
-		{"sync", extMeta},                                  // metadata fsync
-		{"close", extMeta},                                 // metadata close
-		{"syncdir", sep(dirBody)[:len(dirBody)+1]},         // body directory fsync
-		{"syncdir", string(filepath.Separator) + dirQueue}, // queue directory fsync
+		{"create", sep(dirBody)},                   // body file
+		{"write", extBody},                         // body data (disk full)
+		{"write trailer", extBody},                 // the metadata after it (the commit marker)
+		{"sync", extBody},                          // fsync of both
+		{"close", extBody},                         // close (NFS write-back)
+		{"syncdir", sep(dirBody)[:len(dirBody)+1]}, // body directory fsync
 	}
 	for _, tt := range tests {
-		t.Run(tt.op+strings.ReplaceAll(tt.match, string(filepath.Separator), "_"), func(t *testing.T) {
+		t.Run(strings.ReplaceAll(tt.op, " ", "_")+strings.ReplaceAll(tt.match, string(filepath.Separator), "_"), func(t *testing.T) {
 			t.Parallel()
 			ffs := &faultFS{FS: OSFS(), op: tt.op, match: tt.match}
 			te := newTestEnv(t, Options{FS: ffs})

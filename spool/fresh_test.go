@@ -81,33 +81,44 @@ func TestFirstAttemptFromMemory(t *testing.T) {
 	}
 }
 
-// gateQueueSync holds the first sync of queue/ until released.
-type gateQueueSync struct {
+// gateBodySync holds the first fsync of a body file until released: the
+// moment a Put has written its trailer and waits for the disk.
+type gateBodySync struct {
 	FS
-	queueDir string
-	once     sync.Once
-	entered  chan struct{}
-	release  chan struct{}
+	once    sync.Once
+	entered chan struct{}
+	release chan struct{}
 }
 
-func (g *gateQueueSync) SyncDir(dir string) error {
-	if dir == g.queueDir {
-		g.once.Do(func() {
-			close(g.entered)
-			<-g.release
-		})
+func (g *gateBodySync) Create(name string) (File, error) {
+	f, err := g.FS.Create(name)
+	if err != nil || !strings.HasSuffix(name, extBody) {
+		return f, err
 	}
-	return g.FS.SyncDir(dir)
+	return &gatedFile{File: f, g: g}, nil
 }
 
-// TestDeleteDuringPut: once Put has written the metadata, `queue delete`
+type gatedFile struct {
+	File
+	g *gateBodySync
+}
+
+func (f *gatedFile) Sync() error {
+	f.g.once.Do(func() {
+		close(f.g.entered)
+		<-f.g.release
+	})
+	return f.File.Sync()
+}
+
+// TestDeleteDuringPut: once Put has written the trailer, `queue delete`
 // can see the message; a Delete then must win over the Put that is still
-// making it durable, not be undone by it (the message would come back
-// without its body and be retried until it expired).
+// making it durable, not be undone by it (the message would come back and
+// be delivered although the operator deleted it).
 func TestDeleteDuringPut(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	g := &gateQueueSync{FS: OSFS(), queueDir: filepath.Join(dir, dirQueue, ""), entered: make(chan struct{}), release: make(chan struct{})}
+	g := &gateBodySync{FS: OSFS(), entered: make(chan struct{}), release: make(chan struct{})}
 	ev := newEvents()
 	s, err := Open(dir, Options{FS: g, Events: ev.record})
 	if err != nil {
@@ -122,7 +133,7 @@ func TestDeleteDuringPut(t *testing.T) {
 	select {
 	case <-g.entered:
 	case <-time.After(waitLimit):
-		t.Fatal("Put never synced queue/")
+		t.Fatal("Put never synced its body file")
 	}
 	if _, err := s.Get(id); err != nil {
 		t.Fatalf("Get while Put commits = %v; the metadata is complete, so it should be visible", err)

@@ -3,6 +3,8 @@
 package spool
 
 import (
+	"errors"
+	"io"
 	"io/fs"
 	"os"
 )
@@ -14,3 +16,24 @@ func openRegular(name string, flag int, perm uint32) (*os.File, error) {
 }
 
 func readFile(name string) ([]byte, error) { return os.ReadFile(name) }
+
+func readTail(name string, n int64) ([]byte, int64, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, 0, err
+	}
+	size := fi.Size()
+	n = min(n, size)
+	tail := make([]byte, n)
+	k, err := f.ReadAt(tail, size-n)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, 0, err
+	}
+	// Cut short since the Stat: what there is.
+	return tail[:k], size - n + int64(k), nil
+}

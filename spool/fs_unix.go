@@ -40,16 +40,9 @@ func openRegular(name string, flag int, perm uint32) (*os.File, error) {
 // to mean its end, so that a file of up to 4 KiB is an open, one read and
 // a close.
 func readFile(name string) ([]byte, error) {
-	var fd int
-	for {
-		var err error
-		fd, err = syscall.Open(name, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
-		if err == nil {
-			break
-		}
-		if err != syscall.EINTR {
-			return nil, &fs.PathError{Op: "open", Path: name, Err: err}
-		}
+	fd, err := openForReading(name)
+	if err != nil {
+		return nil, err
 	}
 	defer syscall.Close(fd)
 	data := make([]byte, 0, 4096)
@@ -68,6 +61,51 @@ func readFile(name string) ([]byte, error) {
 		data = data[:len(data)+n]
 		if n == 0 || n < want {
 			return data, nil
+		}
+	}
+}
+
+// readTail reads the last n bytes of a file (all of it when it is
+// smaller) and returns them with the file's size: an open, an fstat, one
+// pread and a close.
+func readTail(name string, n int64) ([]byte, int64, error) {
+	fd, err := openForReading(name)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer syscall.Close(fd)
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return nil, 0, &fs.PathError{Op: "stat", Path: name, Err: err}
+	}
+	size := st.Size
+	n = min(n, size)
+	tail := make([]byte, n)
+	for got := int64(0); got < n; {
+		k, err := syscall.Pread(fd, tail[got:], size-n+got)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err != nil:
+			return nil, 0, &fs.PathError{Op: "read", Path: name, Err: err}
+		case k == 0:
+			// Cut short since the fstat: what there is.
+			return tail[:got], size - n + got, nil
+		}
+		got += int64(k)
+	}
+	return tail, size, nil
+}
+
+// openForReading opens name read-only as a bare descriptor.
+func openForReading(name string) (int, error) {
+	for {
+		fd, err := syscall.Open(name, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+		if err == nil {
+			return fd, nil
+		}
+		if err != syscall.EINTR {
+			return -1, &fs.PathError{Op: "open", Path: name, Err: err}
 		}
 	}
 }

@@ -59,3 +59,31 @@ func FuzzDecodeMessage(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseTrailer: whatever the end of a body file holds (a crash can
+// leave anything there), parseTrailer never panics, asks for no more than
+// the file has, and accepts metadata only under a footer that matches it.
+func FuzzParseTrailer(f *testing.F) {
+	meta := []byte(`{"ID":"20261127T111500-abcdefghij"}` + "\n")
+	whole := appendTrailer([]byte("Subject: x\r\n\r\nbody\r\n"), meta)
+	f.Add(whole, int64(0))
+	f.Add(whole[:len(whole)-1], int64(0))
+	f.Add(whole[len(whole)-footerSize:], int64(len(whole)))
+	f.Add([]byte(trailerMagic+"\xff\xff\xff\xff\x00\x00\x00\x00"), int64(1<<40))
+	f.Fuzz(func(t *testing.T, tail []byte, extra int64) {
+		if extra < 0 || extra > 1<<40 {
+			return
+		}
+		size := int64(len(tail)) + extra // tail is the end of a larger file
+		data, state, need := parseTrailer(tail, size)
+		if need > size || (need > 0 && need <= int64(len(tail))) {
+			t.Fatalf("asks for %d bytes of a %d-byte file, %d given", need, size, len(tail))
+		}
+		if state == trailerOK && need == 0 {
+			again := appendTrailer(nil, data)
+			if !bytes.HasSuffix(tail, again) {
+				t.Fatalf("accepted metadata %q that its footer does not describe", data)
+			}
+		}
+	})
+}

@@ -102,24 +102,23 @@ func TestGroupCommit(t *testing.T) {
 	queueDir := filepath.Join(te.dir, dirQueue)
 	bodyDir := filepath.Join(te.dir, dirBody)
 
-	// Hold the first queue/ sync until every Put has committed, so that the
-	// others pile up behind it and must share the next one.
-	allCommitted := make(chan struct{})
-	var commits atomic.Int32
+	// Hold the first body/ sync until every Put has created its body file,
+	// so that the others pile up behind it and must share the next one.
+	allCreated := make(chan struct{})
+	var creates atomic.Int32
 	rec.mu.Lock()
 	rec.gate = func(dir string, k int) {
-		if dir == queueDir && k == 0 {
+		if dir == bodyDir && k == 0 {
 			select {
-			case <-allCommitted:
+			case <-allCreated:
 			case <-time.After(waitLimit):
-				t.Errorf("not all Puts reached the commit")
+				t.Errorf("not all Puts created their body file")
 			}
 		}
 	}
-	// The commit is the creation of the metadata under its final name.
 	rec.afterCreate = func(p string) {
-		if strings.HasPrefix(p, queueDir) && commits.Add(1) == n {
-			close(allCommitted)
+		if strings.HasPrefix(p, bodyDir) && creates.Add(1) == n {
+			close(allCreated)
 		}
 	}
 	rec.mu.Unlock()
@@ -143,33 +142,29 @@ func TestGroupCommit(t *testing.T) {
 	}
 
 	for i, id := range ids {
-		meta := filepath.Join(queueDir, string(id)+extMeta)
 		body := filepath.Join(bodyDir, string(id)+extBody)
 		rec.mu.Lock()
-		rm, rb := rec.created[meta], rec.created[body]
-		if rm == 0 || rb == 0 {
-			t.Fatalf("Put %s: metadata or body was not created through the FS", id)
-		}
+		created := rec.created[body]
 		rec.mu.Unlock()
-		if !rec.covered(queueDir, rm, returned[i]) {
-			t.Errorf("Put %s returned without a queue/ sync that started after its commit", id)
+		if created == 0 {
+			t.Fatalf("Put %s: body was not created through the FS", id)
 		}
-		// The body must be durable before the commit marker exists.
-		if !rec.covered(bodyDir, rb, rm) {
-			t.Errorf("Put %s committed before a body/ sync covered its body", id)
+		// The body file's name is durable before the 250.
+		if !rec.covered(bodyDir, created, returned[i]) {
+			t.Errorf("Put %s returned without a body/ sync that started after its body was created", id)
 		}
 	}
 	rec.mu.Lock()
 	qs, bs := len(rec.syncs[queueDir]), len(rec.syncs[bodyDir])
 	rec.mu.Unlock()
-	t.Logf("%d Puts: %d queue/ syncs, %d body/ syncs", n, qs, bs)
-	if qs > n || bs > n {
-		t.Errorf("%d queue/ and %d body/ syncs for %d Puts, want at most one each per Put", qs, bs, n)
+	t.Logf("%d Puts: %d body/ syncs", n, bs)
+	if qs != 0 {
+		t.Errorf("Put synced queue/ %d times; its metadata is in the body file", qs)
 	}
-	// With the first sync held open until every Put had committed, the
-	// other 49 cannot each have had their own.
-	if qs >= n {
-		t.Errorf("queue/ syncs were not shared: %d for %d Puts", qs, n)
+	// With the first sync held open until every Put had created its body,
+	// the other 49 cannot each have had their own.
+	if bs >= n {
+		t.Errorf("body/ syncs were not shared: %d for %d Puts", bs, n)
 	}
 }
 
@@ -248,35 +243,55 @@ func TestDirSyncerReportsFailure(t *testing.T) {
 	}
 }
 
-// TestRemovalSyncs: an operator's delete is durable before Delete returns;
-// the clean-up after a delivery costs no directory fsync (a crash that
-// undoes it only means the message is delivered again).
+// TestRemovalSyncs: an operator's delete is durable before Delete returns,
+// in every directory it touched; the clean-up after a delivery costs no
+// directory fsync (a crash that undoes it only means the message is
+// delivered again).
 func TestRemovalSyncs(t *testing.T) {
 	t.Parallel()
 	rec := newSyncRecorder()
 	te := newTestEnv(t, Options{FS: rec})
-	queueDir := filepath.Join(te.dir, dirQueue)
-	queueSyncs := func() int {
+	queueDir, bodyDir := filepath.Join(te.dir, dirQueue), filepath.Join(te.dir, dirBody)
+	syncs := func() (queue, body int) {
 		rec.mu.Lock()
 		defer rec.mu.Unlock()
-		return len(rec.syncs[queueDir])
+		return len(rec.syncs[queueDir]), len(rec.syncs[bodyDir])
 	}
 
+	// Its metadata still at the end of the body file.
 	deleted := put(t, te.s, "Subject: x\r\n\r\ndelete me\r\n", "a@x")
-	before := queueSyncs()
+	_, bodyBefore := syncs()
 	if err := te.s.Delete(deleted); err != nil {
 		t.Fatal(err)
 	}
-	if queueSyncs() == before {
-		t.Error("Delete returned without syncing queue/")
+	if _, b := syncs(); b == bodyBefore {
+		t.Error("Delete returned without syncing body/")
 	}
 
+	// With a metadata file of its own, as after a deferred attempt.
+	rewritten := put(t, te.s, "Subject: x\r\n\r\ndelete me too\r\n", "a@x")
+	m, err := te.s.Get(rewritten)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := te.s.writeMeta(m, dirQueue, te.s.queueSync); err != nil {
+		t.Fatal(err)
+	}
+	queueBefore, bodyBefore := syncs()
+	if err := te.s.Delete(rewritten); err != nil {
+		t.Fatal(err)
+	}
+	if q, b := syncs(); q == queueBefore || b == bodyBefore {
+		t.Errorf("Delete synced queue/ %d and body/ %d times, want both", q-queueBefore, b-bodyBefore)
+	}
+	assertEmptySpool(t, te.dir)
+
 	delivered := put(t, te.s, "Subject: x\r\n\r\ndeliver me\r\n", "a@x")
-	before = queueSyncs()
+	queueBefore, bodyBefore = syncs()
 	run(t, te.s, &deliverer{})
 	te.ev.wait(t, EventDelivered, delivered)
 	waitGone(t, te.s, delivered)
-	if n := queueSyncs() - before; n != 0 {
-		t.Errorf("delivery clean-up synced queue/ %d times, want 0", n)
+	if q, b := syncs(); q != queueBefore || b != bodyBefore {
+		t.Errorf("delivery clean-up synced queue/ %d and body/ %d times, want 0", q-queueBefore, b-bodyBefore)
 	}
 }

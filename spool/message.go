@@ -55,7 +55,11 @@ type Message struct {
 	// message is read: those only known once the whole body has streamed
 	// past (DKIM-Signature) or naming the message (Received). Keeping them
 	// here lets the body be written once, as it arrives.
-	Header      string `json:",omitempty"`
+	Header string `json:",omitempty"`
+	// BodySum is the stored body's CRC-32C (see trailer.go), checked with
+	// Size whenever the body is read; "" in messages queued by versions
+	// before it, whose bodies are checked by length only.
+	BodySum     string `json:",omitempty"`
 	Rcpts       []Rcpt
 	Attempts    int
 	NextAttempt time.Time

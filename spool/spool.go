@@ -144,9 +144,6 @@ type Spool struct {
 	// and List wait for it.
 	recovered  chan struct{}
 	recoverErr error
-
-	// putsInFlight lets a lone Put overlap its fsyncs (see PutID).
-	putsInFlight atomic.Int32
 }
 
 // Open opens (creating it 0700 if needed) and locks the spool in dir. Only
@@ -358,8 +355,6 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 		return err
 	}
 	defer s.ops.Done()
-	s.putsInFlight.Add(1)
-	defer s.putsInFlight.Add(-1)
 	if len(env.To) == 0 {
 		return errors.New("spool: put: no recipients")
 	}
@@ -369,65 +364,57 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 
 	now := s.now()
 	finalBody := s.path(dirBody, string(id)+extBody)
-	finalMeta := s.path(dirQueue, string(id)+extMeta)
 
-	// The body goes straight to its final name: without metadata it is not
-	// a message (Open removes such leftovers), so a temp name and a rename
-	// would only cost a directory operation per message.
-	//
-	// While the body's fsync waits for the disk, the header prefix is
-	// computed (CPU). When this is the only Put in flight, body/ is fsynced
-	// at the same time too: the two fsyncs then ride one journal commit.
-	// Under concurrency that would cost more than it saves (measured: c=50
-	// fell from 299 to 191 msg/s), because a later directory fsync is shared
-	// by more Puts (group commit), so then it waits until the metadata is
-	// written.
-	var prefix []byte
-	var headerErr, dirErr error
-	bodyDirSynced := false
-	alongside := func() {
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			if header != nil {
-				prefix, headerErr = header()
-			}
-		}()
-		if s.putsInFlight.Load() == 1 {
-			dirErr, bodyDirSynced = s.bodySync.sync(), true
-		}
-		<-done
-	}
-	size, err := s.writeFile(finalBody, ctxReader{ctx, body}, alongside)
+	// One file per message: the body, then its metadata as a trailer
+	// (trailer.go), created under its final name and fsynced once. A body
+	// file without a whole trailer is not a message (Open removes it), so a
+	// temp name and a rename would only cost another directory operation.
+	f, err := s.fs.Create(finalBody)
 	if err != nil {
 		return fmt.Errorf("spool: write body: %w", err)
 	}
-	committed := false
+	var dirSynced chan error
+	fileOpen := true
 	defer func() {
-		if err == nil {
-			return
+		if dirSynced != nil {
+			<-dirSynced
 		}
-		// Undo, so that a client told "try again" does not also get the
-		// message delivered. Best effort: if this fails too, the message
-		// may be delivered twice, which beats losing it.
-		if committed {
-			s.fs.Remove(finalMeta)
+		if fileOpen {
+			f.Close()
 		}
-		s.fs.Remove(finalBody)
+		if err != nil {
+			// So that a client told "try again" does not also get the
+			// message delivered. Best effort: if this fails too, the
+			// message may be delivered twice, which beats losing it.
+			s.fs.Remove(finalBody)
+		}
 	}()
-
-	if headerErr != nil {
-		return fmt.Errorf("spool: header: %w", headerErr)
+	sum := newBodySum()
+	bp := s.bufs.Get().(*[]byte)
+	size, err := copyFull(io.MultiWriter(f, sum), ctxReader{ctx, body}, *bp)
+	s.bufs.Put(bp)
+	if err != nil {
+		return fmt.Errorf("spool: write body: %w", err)
 	}
-	if dirErr != nil {
-		return fmt.Errorf("spool: sync body directory: %w", dirErr)
+	// While the header prefix is computed (a DKIM signature: CPU), the
+	// body's data starts for the disk and body/, where its entry exists
+	// since the create, is synced: neither waits for the signature.
+	startWriteback(f)
+	dirSynced = make(chan error, 1)
+	go func() { dirSynced <- s.bodySync.sync() }()
+	var prefix []byte
+	if header != nil {
+		if prefix, err = header(); err != nil {
+			return fmt.Errorf("spool: header: %w", err)
+		}
 	}
 	if env.Received.IsZero() {
 		env.Received = now
 	}
 	env.Received = env.Received.UTC()
 	env.To = slices.Clone(env.To)
-	msg := &Message{ID: id, Envelope: env, Size: int64(len(prefix)) + size, Header: string(prefix), NextAttempt: now, Created: now}
+	msg := &Message{ID: id, Envelope: env, Size: int64(len(prefix)) + size, Header: string(prefix),
+		BodySum: sum.String(), NextAttempt: now, Created: now}
 	for _, to := range env.To {
 		msg.Rcpts = append(msg.Rcpts, Rcpt{Addr: to, State: Pending})
 	}
@@ -435,49 +422,60 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 	if err != nil {
 		return err
 	}
-	// The metadata must not name a body that a crash could still take
-	// away.
-	if !bodyDirSynced {
-		if err := s.bodySync.sync(); err != nil {
-			return fmt.Errorf("spool: sync body directory: %w", err)
-		}
-	}
-	// Last chance to give up: once the metadata is durable the message
+	// Last chance to give up: once the trailer is durable the message
 	// exists.
-	if err := ctx.Err(); err != nil {
+	if err = ctx.Err(); err != nil {
 		return fmt.Errorf("spool: put: %w", err)
 	}
-	// The metadata is the commit marker, written under its final name: a
-	// temp name and a rename would cost another round of fsyncs per
-	// message. Its fsync and the queue directory's run together; the 250
-	// waits for both. A crash before then can leave a first write cut
-	// short, which readers take for absent and Open quarantines
-	// (incompleteMeta); such a message was never acknowledged.
-	//
 	// From here on the message is visible to readers (`queue delete`), so
 	// the scheduler knows it first, as busy: a Delete meanwhile is carried
 	// out when the Put ends instead of being undone by it.
 	it := s.reserve(id)
-	var queueErr error
-	if _, err := s.writeFile(finalMeta, bytes.NewReader(data), func() { queueErr = s.queueSync.sync() }); err != nil {
-		// writeFile removed what it created (and nothing it did not).
+	if err = s.commitTrailer(f, data, dirSynced, &fileOpen); err != nil {
+		dirSynced = nil
 		s.unreserve(it)
-		return fmt.Errorf("spool: write metadata: %w", err)
+		return err
 	}
-	committed = true
-	if queueErr != nil {
-		s.unreserve(it)
-		return fmt.Errorf("spool: sync queue directory: %w", queueErr)
-	}
+	dirSynced = nil
 	s.schedule(it, msg)
 	return nil
 }
 
+// commitTrailer writes the metadata and its footer after the body, fsyncs
+// the file and waits for body/'s sync: only then is the message durable.
+// A crash before then can leave the trailer cut short (the file is then
+// not a message) or whole after a body that is not, which the body's sum
+// tells when it is read.
+func (s *Spool) commitTrailer(f File, metaJSON []byte, dirSynced <-chan error, fileOpen *bool) error {
+	tp := s.bufs.Get().(*[]byte)
+	trailer := appendTrailer((*tp)[:0], metaJSON)
+	_, werr := f.Write(trailer)
+	s.bufs.Put(tp)
+	var syncErr error
+	if werr == nil {
+		syncErr = f.Sync()
+	}
+	dirErr := <-dirSynced
+	switch {
+	case werr != nil:
+		return fmt.Errorf("spool: write metadata: %w", werr)
+	case syncErr != nil:
+		return fmt.Errorf("spool: write body: fsync: %w", syncErr)
+	case dirErr != nil:
+		return fmt.Errorf("spool: sync body directory: %w", dirErr)
+	}
+	// Close reports write-back errors on some file systems (NFS); not
+	// checking it could acknowledge a message that is not on disk.
+	*fileOpen = false
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("spool: write body: close: %w", err)
+	}
+	return nil
+}
+
 // writeFile writes r to a new file name and fsyncs it; on error the file is
-// removed. alongside, when not nil, runs once r is read to its end, while
-// the fsync waits for the disk: CPU work that needs the whole body (a DKIM
-// signature) then costs no extra time per message.
-func (s *Spool) writeFile(name string, r io.Reader, alongside func()) (n int64, err error) {
+// removed.
+func (s *Spool) writeFile(name string, r io.Reader) (n int64, err error) {
 	f, err := s.fs.Create(name)
 	if err != nil {
 		return 0, err
@@ -492,14 +490,6 @@ func (s *Spool) writeFile(name string, r io.Reader, alongside func()) (n int64, 
 	defer s.bufs.Put(bp)
 	if n, err = copyFull(f, r, *bp); err != nil {
 		return n, err
-	}
-	if alongside != nil {
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			alongside()
-		}()
-		defer func() { <-done }()
 	}
 	if err = f.Sync(); err != nil {
 		return n, fmt.Errorf("fsync: %w", err)
@@ -567,7 +557,7 @@ func (s *Spool) writeMeta(m *Message, dir string, ds *dirSyncer) error {
 	if err := s.fs.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("spool: write metadata %s: %w", m.ID, err)
 	}
-	if _, err := s.writeFile(tmp, bytes.NewReader(data), nil); err != nil {
+	if _, err := s.writeFile(tmp, bytes.NewReader(data)); err != nil {
 		return fmt.Errorf("spool: write metadata %s: %w", m.ID, err)
 	}
 	if err := s.fs.Rename(tmp, s.path(dir, string(m.ID)+extMeta)); err != nil {
@@ -615,7 +605,7 @@ func (s *Spool) readMeta(dir string, id ID, op string) (*Message, error) {
 	switch {
 	case r.readFail && errors.Is(r.err, fs.ErrNotExist), r.incomplete:
 		// A cut-short file is a Put still writing it, or one a crash cut
-		// short (Open quarantines those): not a queued message.
+		// short (Open cleans those up): not a queued message.
 		return nil, fmt.Errorf("spool: %s %s: %w", op, id, ErrNotFound)
 	case r.err != nil:
 		return nil, fmt.Errorf("spool: %s %s: %w", op, id, r.err)
@@ -629,19 +619,43 @@ type metaRead struct {
 	m          *Message // nil if it could not be read or decoded
 	err        error    // why m is nil: the read error, or the decoding error
 	readFail   bool     // err is the read's
-	incomplete bool     // the file is a first write cut short (incompleteMeta)
+	incomplete bool     // a first write cut short: metadata (incompleteMeta) or a body file without a whole trailer
+	// fromTrailer: queue/ has no metadata file, so it came from the end of
+	// the body file (trailer.go).
+	fromTrailer bool
 }
 
-// loadMeta reads and decodes dir/id's metadata.
+// loadMeta reads and decodes dir/id's metadata. In queue/, a message that
+// has no metadata file yet has it at the end of its body file.
 func (s *Spool) loadMeta(dir string, id ID) metaRead {
 	r := metaRead{id: id}
 	data, err := s.fs.ReadFile(s.path(dir, string(id)+extMeta))
 	if err != nil {
+		if dir == dirQueue && errors.Is(err, fs.ErrNotExist) {
+			return s.loadTrailer(id)
+		}
 		r.err, r.readFail = err, true
 		return r
 	}
 	r.m, r.err = decodeMessage(data, id)
 	r.incomplete = r.err != nil && incompleteMeta(data)
+	return r
+}
+
+// loadTrailer reads the metadata at the end of id's body file.
+func (s *Spool) loadTrailer(id ID) metaRead {
+	r := metaRead{id: id, fromTrailer: true}
+	data, state, err := readTrailer(s.fs, s.path(dirBody, string(id)+extBody))
+	switch {
+	case err != nil:
+		r.err, r.readFail = err, true
+	case state == trailerAbsent:
+		r.err, r.incomplete = fmt.Errorf("%w: body file without its metadata", ErrCorrupt), true
+	case state == trailerDamaged:
+		r.err = fmt.Errorf("%w: the metadata at the end of the body file does not match its checksum", ErrCorrupt)
+	default:
+		r.m, r.err = decodeMessage(data, id)
+	}
 	return r
 }
 
@@ -651,28 +665,37 @@ func (s *Spool) OpenBody(id ID) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, err
 	}
-	return s.openMessage(m)
+	return s.openMessage(m, dirBody)
 }
 
-func (s *Spool) openMessage(m *Message) (io.ReadCloser, error) {
+// openMessage opens m as it is delivered: its Header fields, then the
+// body from its file in dir (body/ or failed/), checked against the
+// metadata as it is read (verifiedBody).
+func (s *Spool) openMessage(m *Message, dir string) (*storedMessage, error) {
 	id := m.ID
-	f, err := s.fs.Open(s.path(dirBody, string(id)+extBody))
+	f, err := s.fs.Open(s.path(dir, string(id)+extBody))
 	if errors.Is(err, fs.ErrNotExist) {
+		// A delivered message can leave between the two reads.
 		return nil, fmt.Errorf("spool: open body %s: %w", id, ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("spool: open body %s: %w", id, err)
 	}
-	if m.Header == "" {
-		return f, nil
+	body := newVerifiedBody(f, m)
+	sm := &storedMessage{Reader: body, body: body}
+	if m.Header != "" {
+		sm.Reader = io.MultiReader(strings.NewReader(m.Header), body)
 	}
-	return prefixedBody{Reader: io.MultiReader(strings.NewReader(m.Header), f), Closer: f}, nil
+	return sm, nil
 }
 
-type prefixedBody struct {
+// storedMessage is a queued message as it is delivered.
+type storedMessage struct {
 	io.Reader
-	io.Closer
+	body *verifiedBody
 }
+
+func (m *storedMessage) Close() error { return m.body.Close() }
 
 // List returns the active queue, sorted by ID (oldest first). It reads the
 // disk, so it also works ReadOnly; entries that vanish or cannot be decoded
@@ -702,20 +725,25 @@ func (s *Spool) Walk(fn func(*Message) error) error {
 	if err := s.waitRecovered(); err != nil {
 		return err
 	}
-	names, err := s.fs.ReadDirNames(s.path(dirQueue, ""))
-	if err != nil {
-		return fmt.Errorf("spool: list: %w", err)
-	}
-	ids := make([]ID, 0, len(names))
-	for _, name := range names {
-		// Anything else under an id's name (a directory) fails to read
-		// below and is skipped.
-		if id, ok := idFromName(name, extMeta); ok {
-			ids = append(ids, id)
+	// A message has a body file, and a metadata file in queue/ once its
+	// metadata has changed; a metadata file whose body is gone is listed
+	// too, as Open and Run find it (they quarantine it).
+	var ids []ID
+	for _, sub := range []struct{ dir, ext string }{{dirBody, extBody}, {dirQueue, extMeta}} {
+		names, err := s.fs.ReadDirNames(s.path(sub.dir, ""))
+		if err != nil {
+			return fmt.Errorf("spool: list: %w", err)
+		}
+		for _, name := range names {
+			// Anything else under an id's name (a directory) fails to
+			// read below and is skipped.
+			if id, ok := idFromName(name, sub.ext); ok {
+				ids = append(ids, id)
+			}
 		}
 	}
-	names = nil
 	slices.SortFunc(ids, cmpID)
+	ids = slices.Compact(ids)
 	return s.readMetas(ids, func(r metaRead) error {
 		if r.m == nil {
 			return nil
@@ -808,28 +836,34 @@ func (s *Spool) Delete(id ID) error {
 	return nil
 }
 
-// removeFiles removes a message from the queue: metadata first, then the
-// body, so a crash in between leaves only an orphan body, which Open
-// cleans up. An operator's delete is made durable before it is reported;
-// the clean-up after delivery is not worth an fsync per message: a crash
-// that undoes it makes the message be delivered again (the journal of an
-// ordered file system such as ext4 or XFS keeps the two removals in order,
-// so it cannot leave the metadata without its body).
+// removeFiles removes a message from the queue: its metadata file (if it
+// has one), then its body file. An operator's delete is made durable
+// before it is reported; the clean-up after delivery is not worth an fsync
+// per message: a crash that undoes it makes the message be delivered
+// again, which at-least-once allows.
 func (s *Spool) removeFiles(id ID, durable bool) error {
 	err := s.fs.Remove(s.path(dirQueue, string(id)+extMeta))
-	if errors.Is(err, fs.ErrNotExist) {
+	hadMeta := err == nil
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	err = s.fs.Remove(s.path(dirBody, string(id)+extBody))
+	hadBody := err == nil
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if !hadMeta && !hadBody {
 		return ErrNotFound
 	}
-	if err != nil {
-		return err
-	}
 	if durable {
-		if err := s.queueSync.sync(); err != nil {
+		if hadMeta {
+			if err := s.queueSync.sync(); err != nil {
+				return err
+			}
+		}
+		if err := s.bodySync.sync(); err != nil {
 			return err
 		}
-	}
-	if err := s.fs.Remove(s.path(dirBody, string(id)+extBody)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
 	}
 	return nil
 }
@@ -863,16 +897,36 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 		ids = append(ids, id)
 	}
 	snap.metas = nil
+	load := func(m *Message) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if _, known := s.items[m.ID]; known {
+			return
+		}
+		next := m.NextAttempt
+		if s.flushLoading && next.After(s.now()) {
+			// `queue flush` arrived while the queue was loading.
+			next = s.now()
+		}
+		s.items[m.ID] = &item{id: m.ID, next: next}
+		heap.Push(&s.sched, s.items[m.ID])
+		loaded++
+	}
 	err = s.readMetas(ids, func(r metaRead) error {
 		id, m, err := r.id, r.m, r.err
+		if r.fromTrailer {
+			// Listed in queue/ and gone since: not ours to judge here.
+			return nil
+		}
 		name := string(id) + extMeta
 		if r.readFail {
 			return fmt.Errorf("spool: read %s: %w", name, err)
 		}
 		if r.incomplete {
-			// Most likely the first write of a Put that a crash cut short,
-			// which was never acknowledged; but a file damaged later looks
-			// the same, so it is kept for the operator, not deleted.
+			// The first write of a Put by an earlier version (which wrote
+			// the metadata as a file of its own) that a crash cut short,
+			// never acknowledged; but a file damaged later looks the
+			// same, so it is kept for the operator, not deleted.
 			err = fmt.Errorf("%w: metadata cut short (a submission interrupted by a crash before it was acknowledged, or damage): %w", ErrCorrupt, err)
 		}
 		if err != nil {
@@ -897,24 +951,16 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 			}
 			// Leave it queued; a worker retries the clean-up.
 		}
-		s.mu.Lock()
-		if _, known := s.items[id]; !known {
-			next := m.NextAttempt
-			if s.flushLoading && next.After(s.now()) {
-				// `queue flush` arrived while the queue was loading.
-				next = s.now()
-			}
-			s.items[id] = &item{id: id, next: next}
-			heap.Push(&s.sched, s.items[id])
-			loaded++
-		}
-		s.mu.Unlock()
+		load(m)
 		return nil
 	})
 	if err != nil {
 		return loaded, err
 	}
 
+	// The rest of body/: messages whose metadata is still at the end of
+	// their body file, and leftovers.
+	ids = ids[:0]
 	for name := range bodies {
 		id, ok := idFromName(name, extBody)
 		if !ok {
@@ -925,18 +971,39 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 			s.event(Event{Kind: EventCorrupt, Err: fmt.Errorf("%w: unexpected file %s/%s", ErrCorrupt, dirBody, name)})
 			continue
 		}
-		// A body without metadata: a Put that never committed, or a
-		// delivered message whose removal was interrupted. Either way it
-		// must not be delivered.
-		err := s.fs.Remove(s.path(dirBody, name))
-		if err != nil {
-			err = fmt.Errorf("spool: remove body without metadata %s: %w", name, err)
-		} else {
-			err = fmt.Errorf("spool: removed body without metadata %s", name)
-		}
-		s.event(Event{Kind: EventRemovedTemp, ID: id, Err: err})
+		ids = append(ids, id)
 	}
-	return loaded, nil
+	bodies = nil
+	slices.SortFunc(ids, cmpID)
+	err = s.readMetas(ids, func(r metaRead) error {
+		id, name := r.id, string(r.id)+extBody
+		switch {
+		case !r.fromTrailer:
+			// Its metadata file appeared since the listing: impossible
+			// under the lock, but not worth guessing about.
+			return nil
+		case r.readFail && errors.Is(r.err, fs.ErrNotExist):
+			return nil
+		case r.readFail:
+			return fmt.Errorf("spool: read %s: %w", name, r.err)
+		case r.incomplete:
+			// A Put that a crash interrupted before its trailer was
+			// whole: never acknowledged, so it must not be delivered.
+			err := s.fs.Remove(s.path(dirBody, name))
+			if err != nil {
+				err = fmt.Errorf("spool: remove body without metadata %s: %w", name, err)
+			} else {
+				err = fmt.Errorf("spool: removed body without metadata %s", name)
+			}
+			s.event(Event{Kind: EventRemovedTemp, ID: id, Err: err})
+			return nil
+		case r.err != nil:
+			return s.quarantine(string(id)+extMeta, id, r.err)
+		}
+		load(r.m)
+		return nil
+	})
+	return loaded, err
 }
 
 func (s *Spool) nameSet(sub string) (map[string]bool, error) {
@@ -958,7 +1025,9 @@ func trimExt(name string) string { return name[:len(name)-len(filepath.Ext(name)
 // quarantine moves queue/<name> (and the body of id, if any) to corrupt/,
 // so that one bad file neither crashes the relay nor blocks the queue.
 func (s *Spool) quarantine(name string, id ID, cause error) error {
-	if err := s.moveToCorrupt(dirQueue, name); err != nil {
+	// A message whose metadata is still at the end of its body file has
+	// no queue/ file.
+	if err := s.moveToCorrupt(dirQueue, name); err != nil && (id == "" || !errors.Is(err, fs.ErrNotExist)) {
 		return err
 	}
 	if id != "" {

@@ -301,7 +301,7 @@ func TestOpenCreatesPrivateDirs(t *testing.T) {
 		}
 	}
 	id := put(t, s, "x", "a@example.com")
-	for _, p := range []string{filepath.Join(dir, dirBody, string(id)+extBody), filepath.Join(dir, dirQueue, string(id)+extMeta)} {
+	for _, p := range []string{filepath.Join(dir, dirBody, string(id)+extBody)} {
 		fi, err := os.Stat(p)
 		if err != nil {
 			t.Fatal(err)

@@ -1,0 +1,154 @@
+package spool
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"io"
+)
+
+// A message's first metadata is written at the end of its body file, after
+// the body: a Put then creates, writes and fsyncs one file and syncs one
+// directory, instead of two of each. On a 2-core VM that halved the disk
+// writes and flushes of a Put (12 writes and 4 flushes → 7 and 2, counted
+// in /sys/block/*/stat) and its time. queue/<id>.json exists only once the
+// metadata has changed (after a delivery attempt); it then takes
+// precedence over the trailer, which is never rewritten.
+//
+//	body/<id>.eml = body | metadata JSON | footer
+//	footer (16 bytes) = "SPMETA01" | JSON length (uint32, big-endian) | CRC-32C of the JSON (uint32, big-endian)
+//
+// The footer is written last and fsynced with the rest before the 250: a
+// body file without a whole footer is a Put that never finished.
+const (
+	trailerMagic   = "SPMETA01"
+	footerSize     = len(trailerMagic) + 8
+	maxTrailerJSON = 64 << 20 // far above any real metadata; a bigger length is damage
+	// trailerReadAhead is read from the end of a body file at once: the
+	// metadata of an ordinary message (its signature and a few recipients)
+	// fits, so reading it costs one read.
+	trailerReadAhead = 8 << 10
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// appendTrailer appends the metadata JSON and its footer to b.
+func appendTrailer(b, metaJSON []byte) []byte {
+	b = append(b, metaJSON...)
+	b = append(b, trailerMagic...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(metaJSON)))
+	return binary.BigEndian.AppendUint32(b, crc32.Checksum(metaJSON, castagnoli))
+}
+
+// trailerState is what the end of a body file says.
+type trailerState int
+
+const (
+	trailerOK      trailerState = iota
+	trailerAbsent               // no footer: a Put still writing, or cut short by a crash
+	trailerDamaged              // a footer whose JSON does not match it
+)
+
+// parseTrailer finds the metadata JSON at the end of a body file of size
+// bytes, of which tail holds the last len(tail). need > 0 asks for that
+// many bytes from the end before it can tell.
+func parseTrailer(tail []byte, size int64) (metaJSON []byte, state trailerState, need int64) {
+	if len(tail) < footerSize || string(tail[len(tail)-footerSize:len(tail)-8]) != trailerMagic {
+		return nil, trailerAbsent, 0
+	}
+	footer := tail[len(tail)-8:]
+	n := int64(binary.BigEndian.Uint32(footer[:4]))
+	if n > maxTrailerJSON || n+int64(footerSize) > size {
+		return nil, trailerDamaged, 0
+	}
+	if n+int64(footerSize) > int64(len(tail)) {
+		return nil, trailerOK, n + int64(footerSize)
+	}
+	metaJSON = tail[len(tail)-footerSize-int(n) : len(tail)-footerSize]
+	if crc32.Checksum(metaJSON, castagnoli) != binary.BigEndian.Uint32(footer[4:]) {
+		return nil, trailerDamaged, 0
+	}
+	return metaJSON, trailerOK, 0
+}
+
+// readTrailer reads the metadata JSON at the end of the body file name.
+func readTrailer(fsys FS, name string) ([]byte, trailerState, error) {
+	tail, size, err := fsys.ReadTail(name, trailerReadAhead)
+	if err != nil {
+		return nil, 0, err
+	}
+	data, state, need := parseTrailer(tail, size)
+	if need > 0 {
+		if tail, size, err = fsys.ReadTail(name, need); err != nil {
+			return nil, 0, err
+		}
+		data, state, _ = parseTrailer(tail, size)
+	}
+	return data, state, nil
+}
+
+// bodySum is the CRC-32C of a stored body, recorded in its metadata as
+// "crc32c:" and eight hex digits. The trailer is fsynced with the body,
+// but a crash before that fsync has finished can leave a whole trailer
+// after a body that is not (blocks reach the disk in any order); such a
+// message was never acknowledged, and the sum tells it from the one that
+// was, when it is read for delivery.
+type bodySum struct{ hash.Hash32 }
+
+const bodySumPrefix = "crc32c:"
+
+func newBodySum() bodySum { return bodySum{crc32.New(castagnoli)} }
+
+func (b bodySum) String() string { return fmt.Sprintf("%s%08x", bodySumPrefix, b.Sum32()) }
+
+// verifiedBody reads the body part of a body file (without its trailer)
+// and checks it against its metadata: its length and, when the metadata
+// records one, its sum (messages queued by versions before it have none).
+// A mismatch is an error wrapping ErrCorrupt in place of io.EOF, so that a
+// deliverer aborts rather than ends the data.
+type verifiedBody struct {
+	f       io.ReadCloser
+	r       io.Reader // f limited to the body's length
+	id      ID
+	want    int64
+	wantSum string
+	sum     bodySum
+	n       int64
+	err     error // the mismatch, once found
+}
+
+func newVerifiedBody(f io.ReadCloser, m *Message) *verifiedBody {
+	want := m.Size - int64(len(m.Header))
+	return &verifiedBody{f: f, r: io.LimitReader(f, want), id: m.ID, want: want, wantSum: m.BodySum, sum: newBodySum()}
+}
+
+func (v *verifiedBody) mismatch(what string) error {
+	return fmt.Errorf("%w: body of %s does not match its metadata (%s): a submission interrupted by a crash before it was acknowledged, or damage", ErrCorrupt, v.id, what)
+}
+
+func (v *verifiedBody) Read(p []byte) (int, error) {
+	if v.err != nil {
+		return 0, v.err
+	}
+	n, err := v.r.Read(p)
+	v.n += int64(n)
+	v.sum.Write(p[:n])
+	if err != io.EOF {
+		return n, err
+	}
+	switch {
+	case v.n < v.want:
+		v.err = v.mismatch(fmt.Sprintf("%d bytes, %d recorded", v.n, v.want))
+	case v.wantSum != "" && v.sum.String() != v.wantSum:
+		v.err = v.mismatch(fmt.Sprintf("checksum %s, %s recorded", v.sum.String(), v.wantSum))
+	default:
+		return n, io.EOF
+	}
+	return n, v.err
+}
+
+// corrupt is the mismatch found so far, if any.
+func (v *verifiedBody) corrupt() error { return v.err }
+
+func (v *verifiedBody) Close() error { return v.f.Close() }
