@@ -20,7 +20,8 @@
 //	                  delivery attempt, or by versions before the trailer,
 //	                  from the start); when present it wins over the trailer
 //	failed/           given-up messages: <id>.json and <id>.eml, kept for the operator
-//	corrupt/          quarantined files that could not be decoded, with their body if any
+//	corrupt/          quarantined files: metadata that could not be decoded, bodies
+//	                  that do not match their metadata, with the other file if any
 //
 // IDs are "20261127T111500-abcdefghij": UTC creation time to the second and
 // 50 random bits, so they sort by age, are safe as file names, and
@@ -58,10 +59,13 @@
 // that started after it created its file has finished. The spool keeps its
 // directories open for these fsyncs.
 //
-// A message delivered to every recipient is removed (its metadata file if
-// any, then its body file) without an fsync: a crash that undoes the
-// removal makes it be delivered again, which at-least-once allows; an
-// operator's delete is fsynced. A message with failed recipients first has
+// A message delivered to every recipient is removed (its body file, then
+// its metadata file if any, so that a crash in between leaves metadata
+// without a body, which Open quarantines, rather than the first metadata
+// with every recipient pending) without an fsync: a crash that undoes the
+// whole removal makes it be delivered again, which at-least-once allows;
+// an operator's delete is fsynced. A Delete during a Put waits for the Put
+// if the trailer is written, and finds nothing before. A message with failed recipients first has
 // its final states made durable in queue/ and is then moved to failed/;
 // Open completes a move that a crash interrupted.
 //

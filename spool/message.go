@@ -45,8 +45,8 @@ type Rcpt struct {
 	LastReply string `json:",omitempty"` // the upstream's last word on it
 }
 
-// Message is the metadata of a queued message, stored as JSON in
-// queue/<id>.json; that file existing is what makes the message queued.
+// Message is the metadata of a queued message, stored as JSON at the end of
+// its body file (trailer.go) and, once it has changed, in queue/<id>.json.
 type Message struct {
 	ID       ID
 	Envelope Envelope
@@ -79,8 +79,8 @@ func (m *Message) Pending() []string {
 }
 
 // ErrCorrupt is returned (wrapped) for metadata that cannot be decoded or
-// does not make sense.
-var ErrCorrupt = errors.New("spool: corrupt metadata")
+// does not make sense, and for a body that does not match its metadata.
+var ErrCorrupt = errors.New("spool: corrupt message")
 
 func encodeMessage(m *Message) ([]byte, error) {
 	// Indented: operators read these files when something is stuck.
@@ -131,6 +131,9 @@ func decodeMessage(data []byte, want ID) (*Message, error) {
 	}
 	if m.Size < 0 || m.Attempts < 0 {
 		return nil, fmt.Errorf("%w: negative size or attempts", ErrCorrupt)
+	}
+	if m.Size < int64(len(m.Header)) {
+		return nil, fmt.Errorf("%w: size %d is less than the header's %d bytes", ErrCorrupt, m.Size, len(m.Header))
 	}
 	return &m, nil
 }

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 )
 
 // Subdirectories of the spool directory; see the package documentation.
@@ -407,6 +408,11 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 		if prefix, err = header(); err != nil {
 			return fmt.Errorf("spool: header: %w", err)
 		}
+		// JSON would replace invalid UTF-8, and the body's place in the
+		// file is its length less the Header's.
+		if !utf8.Valid(prefix) {
+			return errors.New("spool: header: not valid UTF-8")
+		}
 	}
 	if env.Received.IsZero() {
 		env.Received = now
@@ -421,6 +427,9 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 	data, err := encodeMessage(msg)
 	if err != nil {
 		return err
+	}
+	if len(data) > maxTrailerJSON {
+		return fmt.Errorf("spool: put: metadata of %d bytes is over the limit of %d", len(data), maxTrailerJSON)
 	}
 	// Last chance to give up: once the trailer is durable the message
 	// exists.
@@ -752,7 +761,7 @@ func (s *Spool) Walk(fn func(*Message) error) error {
 	})
 }
 
-// readMetas reads and decodes the metadata of ids in queue/, calling fn
+// readMetas reads and decodes the metadata of queued ids (loadMeta), calling fn
 // with each in the order of ids; an error from fn ends it. Reading is a
 // file open and a JSON decode each: a chunk of walkChunk is spread over the
 // cores (more goroutines than cores, as a cold cache makes them wait for
@@ -818,6 +827,19 @@ func (s *Spool) Delete(id ID) error {
 	defer s.ops.Done()
 	s.mu.Lock()
 	it := s.items[id]
+	if it == nil {
+		// Not in the scheduler (yet): a body file without its whole
+		// trailer is a Put still writing it, not a message, and is left
+		// alone. A Put reserves its message in the scheduler before it
+		// writes the trailer, so if the trailer is whole, asking the
+		// scheduler again finds it, and the delete waits for the Put.
+		s.mu.Unlock()
+		if _, err := s.Get(id); errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("spool: delete %s: %w", id, ErrNotFound)
+		}
+		s.mu.Lock()
+		it = s.items[id]
+	}
 	if it != nil && it.busy {
 		it.deleted = true
 		s.mu.Unlock()
@@ -836,19 +858,22 @@ func (s *Spool) Delete(id ID) error {
 	return nil
 }
 
-// removeFiles removes a message from the queue: its metadata file (if it
-// has one), then its body file. An operator's delete is made durable
-// before it is reported; the clean-up after delivery is not worth an fsync
-// per message: a crash that undoes it makes the message be delivered
-// again, which at-least-once allows.
+// removeFiles removes a message from the queue: its body file, then its
+// metadata file if it has one. In that order, a crash in between leaves
+// metadata without a body, which Open quarantines, not the first metadata
+// at the end of the body file, which would send the message again to every
+// recipient. An operator's delete is made durable before it is reported;
+// the clean-up after delivery is not worth an fsync per message: a crash
+// that undoes it makes the message be delivered again, which at-least-once
+// allows.
 func (s *Spool) removeFiles(id ID, durable bool) error {
-	err := s.fs.Remove(s.path(dirQueue, string(id)+extMeta))
-	hadMeta := err == nil
+	err := s.fs.Remove(s.path(dirBody, string(id)+extBody))
+	hadBody := err == nil
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	err = s.fs.Remove(s.path(dirBody, string(id)+extBody))
-	hadBody := err == nil
+	err = s.fs.Remove(s.path(dirQueue, string(id)+extMeta))
+	hadMeta := err == nil
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
@@ -856,13 +881,13 @@ func (s *Spool) removeFiles(id ID, durable bool) error {
 		return ErrNotFound
 	}
 	if durable {
+		if err := s.bodySync.sync(); err != nil {
+			return err
+		}
 		if hadMeta {
 			if err := s.queueSync.sync(); err != nil {
 				return err
 			}
-		}
-		if err := s.bodySync.sync(); err != nil {
-			return err
 		}
 	}
 	return nil

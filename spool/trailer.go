@@ -22,9 +22,11 @@ import (
 // The footer is written last and fsynced with the rest before the 250: a
 // body file without a whole footer is a Put that never finished.
 const (
-	trailerMagic   = "SPMETA01"
-	footerSize     = len(trailerMagic) + 8
-	maxTrailerJSON = 64 << 20 // far above any real metadata; a bigger length is damage
+	trailerMagic = "SPMETA01"
+	footerSize   = len(trailerMagic) + 8
+	// maxTrailerJSON is far above any real metadata (thousands of
+	// recipients); Put refuses more, and a bigger length is damage.
+	maxTrailerJSON = 4 << 20
 	// trailerReadAhead is read from the end of a body file at once: the
 	// metadata of an ordinary message (its signature and a few recipients)
 	// fits, so reading it costs one read.
@@ -47,7 +49,7 @@ type trailerState int
 const (
 	trailerOK      trailerState = iota
 	trailerAbsent               // no footer: a Put still writing, or cut short by a crash
-	trailerDamaged              // a footer whose JSON does not match it
+	trailerDamaged              // a footer whose JSON does not match it: damage, or a crash while a trailer spanning blocks was written
 )
 
 // parseTrailer finds the metadata JSON at the end of a body file of size
@@ -83,7 +85,11 @@ func readTrailer(fsys FS, name string) ([]byte, trailerState, error) {
 		if tail, size, err = fsys.ReadTail(name, need); err != nil {
 			return nil, 0, err
 		}
-		data, state, _ = parseTrailer(tail, size)
+		if data, state, need = parseTrailer(tail, size); need > 0 {
+			// Shorter than a moment ago: body files never change once
+			// written, so this is not ours to trust.
+			return nil, trailerDamaged, nil
+		}
 	}
 	return data, state, nil
 }
@@ -105,8 +111,11 @@ func (b bodySum) String() string { return fmt.Sprintf("%s%08x", bodySumPrefix, b
 // verifiedBody reads the body part of a body file (without its trailer)
 // and checks it against its metadata: its length and, when the metadata
 // records one, its sum (messages queued by versions before it have none).
-// A mismatch is an error wrapping ErrCorrupt in place of io.EOF, so that a
-// deliverer aborts rather than ends the data.
+// The read that would complete the body returns its bytes only once the
+// whole body has checked; otherwise it returns no bytes and an error
+// wrapping ErrCorrupt. So a deliverer never has the whole of a damaged
+// body, whether it reads to io.EOF or counts Size bytes, and ends up
+// aborting rather than ending the data.
 type verifiedBody struct {
 	f       io.ReadCloser
 	r       io.Reader // f limited to the body's length
@@ -115,6 +124,7 @@ type verifiedBody struct {
 	wantSum string
 	sum     bodySum
 	n       int64
+	checked bool
 	err     error // the mismatch, once found
 }
 
@@ -134,18 +144,18 @@ func (v *verifiedBody) Read(p []byte) (int, error) {
 	n, err := v.r.Read(p)
 	v.n += int64(n)
 	v.sum.Write(p[:n])
-	if err != io.EOF {
-		return n, err
-	}
 	switch {
-	case v.n < v.want:
+	case v.n == v.want && !v.checked:
+		v.checked = true
+		if v.wantSum != "" && v.sum.String() != v.wantSum {
+			v.err = v.mismatch(fmt.Sprintf("checksum %s, %s recorded", v.sum.String(), v.wantSum))
+			return 0, v.err
+		}
+	case err == io.EOF && v.n < v.want:
 		v.err = v.mismatch(fmt.Sprintf("%d bytes, %d recorded", v.n, v.want))
-	case v.wantSum != "" && v.sum.String() != v.wantSum:
-		v.err = v.mismatch(fmt.Sprintf("checksum %s, %s recorded", v.sum.String(), v.wantSum))
-	default:
-		return n, io.EOF
+		return 0, v.err
 	}
-	return n, v.err
+	return n, err
 }
 
 // corrupt is the mismatch found so far, if any.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -331,4 +332,135 @@ func TestBodySumOfEmptyBody(t *testing.T) {
 	if b, err := io.ReadAll(body); err != nil || len(b) != 0 {
 		t.Errorf("read %q, %v", b, err)
 	}
+}
+
+// TestDeleteDuringBodyWrite: a Delete that comes while a Put is still
+// writing the body (no trailer yet) finds no message and removes nothing:
+// the Put then still makes its message durable, and it is delivered.
+func TestDeleteDuringBodyWrite(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{})
+	id := te.s.NewID()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- te.s.PutID(context.Background(), id, Envelope{To: []string{"a@x"}}, pr, nil)
+	}()
+	if _, err := pw.Write([]byte("Subject: x\r\n\r\nfirst half, ")); err != nil {
+		t.Fatal(err)
+	}
+	// The pipe handed the bytes over: the body file exists.
+	if err := te.s.Delete(id); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Delete during the body = %v, want ErrNotFound", err)
+	}
+	pw.Write([]byte("second half\r\n"))
+	pw.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("Put: %v", err)
+	}
+	d := &deliverer{}
+	run(t, te.s, d)
+	te.ev.wait(t, EventDelivered, id)
+	if calls := d.Calls(); len(calls) != 1 || calls[0].body != "Subject: x\r\n\r\nfirst half, second half\r\n" {
+		t.Errorf("delivered %+v", calls)
+	}
+}
+
+// removeRecorder records the paths removed, in order.
+type removeRecorder struct {
+	FS
+	mu      sync.Mutex
+	removed []string
+}
+
+func (r *removeRecorder) Remove(name string) error {
+	r.mu.Lock()
+	r.removed = append(r.removed, filepath.Base(filepath.Dir(name))+"/"+filepath.Ext(name))
+	r.mu.Unlock()
+	return r.FS.Remove(name)
+}
+
+// TestRemovalOrder: the body file goes before the metadata file, so that a
+// crash in between cannot leave the first metadata (every recipient
+// pending) for Open to deliver again.
+func TestRemovalOrder(t *testing.T) {
+	t.Parallel()
+	rec := &removeRecorder{FS: OSFS()}
+	te := newTestEnv(t, Options{FS: rec})
+	id := put(t, te.s, trailerTestBody, "a@x")
+	m, err := te.s.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := te.s.writeMeta(m, dirQueue, te.s.queueSync); err != nil {
+		t.Fatal(err)
+	}
+	rec.mu.Lock()
+	rec.removed = nil
+	rec.mu.Unlock()
+	run(t, te.s, &deliverer{})
+	te.ev.wait(t, EventDelivered, id)
+	waitGone(t, te.s, id)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if fmt.Sprint(rec.removed) != "[body/.eml queue/.json]" {
+		t.Errorf("removed %v, want the body file, then the metadata file", rec.removed)
+	}
+}
+
+// countingDeliverer reads exactly Size bytes, as a deliverer using BDAT
+// would, and records what it got.
+type countingDeliverer struct {
+	mu   sync.Mutex
+	got  []string
+	errs []error
+}
+
+func (d *countingDeliverer) Deliver(_ context.Context, _ ID, env Envelope, to []string, body io.Reader) ([]error, error) {
+	buf := make([]byte, env.Size)
+	_, err := io.ReadFull(body, buf)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err != nil {
+		d.errs = append(d.errs, err)
+		return nil, err
+	}
+	d.got = append(d.got, string(buf))
+	return make([]error, len(to)), nil
+}
+
+// TestDamagedBodyWithheldFromSizeReaders: a deliverer that stops after
+// Size bytes never has the whole of a damaged body either.
+func TestDamagedBodyWithheldFromSizeReaders(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{})
+	id := put(t, te.s, trailerTestBody, "a@x")
+	te.s.Close()
+	path, data := storedFile(t, te.dir, id)
+	data = bytes.Clone(data)
+	data[len(trailerTestBody)-3] ^= 0x20
+	writeFile(t, path, string(data))
+
+	s := te.open(t, Options{})
+	d := &countingDeliverer{}
+	run(t, s, d)
+	te.ev.wait(t, EventCorrupt, id)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.got) != 0 || len(d.errs) != 1 || !errors.Is(d.errs[0], ErrCorrupt) {
+		t.Errorf("deliverer got %q, errors %v; want one ErrCorrupt and nothing whole", d.got, d.errs)
+	}
+}
+
+// TestHeaderMustBeUTF8: JSON would change invalid UTF-8 in the Header, and
+// with it where the body ends in the file; Put refuses it.
+func TestHeaderMustBeUTF8(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{})
+	header := func() ([]byte, error) { return []byte("X-Bad: \xff\r\n"), nil }
+	err := te.s.PutID(context.Background(), te.s.NewID(), Envelope{To: []string{"a@x"}}, strings.NewReader("body"), header)
+	if err == nil || !strings.Contains(err.Error(), "UTF-8") {
+		t.Errorf("Put with a non-UTF-8 header = %v", err)
+	}
+	assertEmptySpool(t, te.dir)
 }
