@@ -32,9 +32,8 @@
 //  1. create body/<id>.eml (exclusively, under its final name: without its
 //     trailer it is not a message, so a temp name and a rename would buy
 //     nothing) and write the body, computing its length and CRC-32C
-//  2. start the body's write-back and the fsync of body/ in the
-//     background, while the fields that need the whole body (the DKIM
-//     signature) are computed
+//  2. start the fsync of body/ in the background, while the fields that
+//     need the whole body (the DKIM signature) are computed
 //  3. append the metadata (with those fields, the length and the sum) and
 //     the footer, and fsync the file
 //  4. once that fsync and body/'s have finished, the message is durable
