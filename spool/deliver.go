@@ -82,6 +82,9 @@ type item struct {
 	// none): while that key is paused the scheduler moves the message back
 	// without handing it to a worker.
 	pauseKey string
+	// metaFile: queue/<id>.json may exist. Until then the metadata is
+	// only in the trailer, which is read without asking for the file.
+	metaFile bool
 }
 
 type schedHeap []*item
@@ -369,7 +372,7 @@ func (s *Spool) attempt(ctx context.Context, d Deliverer, it *item) {
 	s.mu.Unlock()
 	var err error
 	if m == nil {
-		m, err = s.Get(it.id)
+		m, err = s.getQueued(it)
 	}
 	switch {
 	case errors.Is(err, ErrNotFound):
@@ -520,6 +523,8 @@ func (s *Spool) attempt(ctx context.Context, d Deliverer, it *item) {
 	}
 	add(EventDeferred, deferred, errors.Join(deferErrs...))
 	events[len(events)-1].NextAttempt = m.NextAttempt
+	// Before the write: once it may have happened, the file counts.
+	it.metaFile = true
 	if err := s.writeMeta(m, dirQueue, s.queueSync); err != nil {
 		// The old metadata stays: recipients delivered now may get the
 		// message again (at least once), none is lost.

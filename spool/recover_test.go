@@ -225,31 +225,58 @@ func TestOpenRecovers(t *testing.T) {
 
 func TestCorruptAtDeliveryTime(t *testing.T) {
 	t.Parallel()
-	te := newTestEnv(t, Options{})
-	id := put(t, te.s, "x", "a@x")
-	// Queued by an earlier process: this one reads the metadata from disk
-	// at delivery time (its own fresh messages it delivers first from
-	// memory).
-	te.s.Close()
-	s := te.open(t, Options{})
-	if err := s.waitRecovered(); err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name     string
+		metaFile bool // rewritten once, as after a deferred attempt
+	}{{"trailer", false}, {"metadata file", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			te := newTestEnv(t, Options{})
+			id := put(t, te.s, "x", "a@x")
+			if tc.metaFile {
+				m, err := te.s.Get(id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := te.s.writeMeta(m, dirQueue, te.s.queueSync); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Queued by an earlier process: this one reads the metadata
+			// from disk at delivery time (its own fresh messages it
+			// delivers first from memory).
+			te.s.Close()
+			s := te.open(t, Options{})
+			if err := s.waitRecovered(); err != nil {
+				t.Fatal(err)
+			}
+			// Damaged after Open loaded it (a disk error, a stray editor).
+			if tc.metaFile {
+				writeFile(t, filepath.Join(te.dir, dirQueue, string(id)+extMeta), "garbage")
+			} else {
+				path, data := storedFile(t, te.dir, id)
+				data[len("x")+5] ^= 0x01
+				writeFile(t, path, string(data))
+			}
+			d := &deliverer{}
+			run(t, s, d)
+			ev := te.ev.wait(t, EventCorrupt, id)
+			if !errors.Is(ev.Err, ErrCorrupt) {
+				t.Errorf("event err %v, want ErrCorrupt", ev.Err)
+			}
+			if len(d.Calls()) != 0 {
+				t.Errorf("corrupt message delivered")
+			}
+			want := 1
+			if tc.metaFile {
+				want = 2
+			}
+			if got := files(t, te.dir, dirCorrupt); len(got) != want {
+				t.Errorf("corrupt/ = %v, want %d files", got, want)
+			}
+			assertEmptySpool(t, te.dir)
+		})
 	}
-	// Damaged after Open loaded it (a disk error, a stray editor).
-	writeFile(t, filepath.Join(te.dir, dirQueue, string(id)+extMeta), "garbage")
-	d := &deliverer{}
-	run(t, s, d)
-	ev := te.ev.wait(t, EventCorrupt, id)
-	if !errors.Is(ev.Err, ErrCorrupt) {
-		t.Errorf("event err %v, want ErrCorrupt", ev.Err)
-	}
-	if len(d.Calls()) != 0 {
-		t.Errorf("corrupt message delivered")
-	}
-	if got := files(t, te.dir, dirCorrupt); len(got) != 2 {
-		t.Errorf("corrupt/ = %v", got)
-	}
-	assertEmptySpool(t, te.dir)
 }
 
 // TestPutDuringRecovery: Open returns before the earlier queue is loaded,

@@ -610,14 +610,26 @@ func (s *Spool) readMeta(dir string, id ID, op string) (*Message, error) {
 	if _, err := ParseID(string(id)); err != nil {
 		return nil, err
 	}
-	r := s.loadMeta(dir, id)
+	return metaResult(s.loadMeta(dir, id), op)
+}
+
+// getQueued reads the metadata of a message in the scheduler, from its
+// trailer alone while it has no metadata file.
+func (s *Spool) getQueued(it *item) (*Message, error) {
+	if it.metaFile {
+		return s.Get(it.id)
+	}
+	return metaResult(s.loadTrailer(it.id), "get")
+}
+
+func metaResult(r metaRead, op string) (*Message, error) {
 	switch {
 	case r.readFail && errors.Is(r.err, fs.ErrNotExist), r.incomplete:
 		// A cut-short file is a Put still writing it, or one a crash cut
 		// short (Open cleans those up): not a queued message.
-		return nil, fmt.Errorf("spool: %s %s: %w", op, id, ErrNotFound)
+		return nil, fmt.Errorf("spool: %s %s: %w", op, r.id, ErrNotFound)
 	case r.err != nil:
-		return nil, fmt.Errorf("spool: %s %s: %w", op, id, r.err)
+		return nil, fmt.Errorf("spool: %s %s: %w", op, r.id, r.err)
 	}
 	return r.m, nil
 }
@@ -738,7 +750,8 @@ func (s *Spool) Walk(fn func(*Message) error) error {
 	// metadata has changed; a metadata file whose body is gone is listed
 	// too, as Open and Run find it (they quarantine it).
 	var ids []ID
-	for _, sub := range []struct{ dir, ext string }{{dirBody, extBody}, {dirQueue, extMeta}} {
+	withMeta := make(map[ID]bool)
+	for _, sub := range []struct{ dir, ext string }{{dirQueue, extMeta}, {dirBody, extBody}} {
 		names, err := s.fs.ReadDirNames(s.path(sub.dir, ""))
 		if err != nil {
 			return fmt.Errorf("spool: list: %w", err)
@@ -746,14 +759,27 @@ func (s *Spool) Walk(fn func(*Message) error) error {
 		for _, name := range names {
 			// Anything else under an id's name (a directory) fails to
 			// read below and is skipped.
-			if id, ok := idFromName(name, sub.ext); ok {
+			id, ok := idFromName(name, sub.ext)
+			switch {
+			case !ok:
+			case sub.dir == dirQueue:
+				withMeta[id] = true
+				ids = append(ids, id)
+			case !withMeta[id]:
 				ids = append(ids, id)
 			}
 		}
 	}
 	slices.SortFunc(ids, cmpID)
-	ids = slices.Compact(ids)
-	return s.readMetas(ids, func(r metaRead) error {
+	load := func(id ID) metaRead {
+		if withMeta[id] {
+			return s.loadMeta(dirQueue, id)
+		}
+		// Only a body file was listed: not worth asking for a metadata
+		// file first (one written since would only be newer).
+		return s.loadTrailer(id)
+	}
+	return s.readMetas(ids, load, func(r metaRead) error {
 		if r.m == nil {
 			return nil
 		}
@@ -761,14 +787,14 @@ func (s *Spool) Walk(fn func(*Message) error) error {
 	})
 }
 
-// readMetas reads and decodes the metadata of queued ids (loadMeta), calling fn
+// readMetas reads and decodes the metadata of queued ids with load, calling fn
 // with each in the order of ids; an error from fn ends it. Reading is a
 // file open and a JSON decode each: a chunk of walkChunk is spread over the
 // cores (more goroutines than cores, as a cold cache makes them wait for
 // the disk) while fn gets the one before. That keeps a queue of 100,000
 // within seconds for `queue list` and for the recovery at start, in
 // constant memory.
-func (s *Spool) readMetas(ids []ID, fn func(metaRead) error) error {
+func (s *Spool) readMetas(ids []ID, load func(ID) metaRead, fn func(metaRead) error) error {
 	chunks := make(chan []metaRead, 1)
 	stop := make(chan struct{})
 	defer close(stop)
@@ -783,7 +809,7 @@ func (s *Spool) readMetas(ids []ID, fn func(metaRead) error) error {
 				go func() {
 					defer wg.Done()
 					for i := int(next.Add(1) - 1); i < len(part); i = int(next.Add(1) - 1) {
-						part[i] = s.loadMeta(dirQueue, ids[start+i])
+						part[i] = load(ids[start+i])
 					}
 				}()
 			}
@@ -922,7 +948,7 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 		ids = append(ids, id)
 	}
 	snap.metas = nil
-	load := func(m *Message) {
+	load := func(m *Message, metaFile bool) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if _, known := s.items[m.ID]; known {
@@ -933,11 +959,12 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 			// `queue flush` arrived while the queue was loading.
 			next = s.now()
 		}
-		s.items[m.ID] = &item{id: m.ID, next: next}
+		s.items[m.ID] = &item{id: m.ID, next: next, metaFile: metaFile}
 		heap.Push(&s.sched, s.items[m.ID])
 		loaded++
 	}
-	err = s.readMetas(ids, func(r metaRead) error {
+	loadQueued := func(id ID) metaRead { return s.loadMeta(dirQueue, id) }
+	err = s.readMetas(ids, loadQueued, func(r metaRead) error {
 		id, m, err := r.id, r.m, r.err
 		if r.fromTrailer {
 			// Listed in queue/ and gone since: not ours to judge here.
@@ -976,7 +1003,7 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 			}
 			// Leave it queued; a worker retries the clean-up.
 		}
-		load(m)
+		load(m, true)
 		return nil
 	})
 	if err != nil {
@@ -1000,13 +1027,11 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 	}
 	bodies = nil
 	slices.SortFunc(ids, cmpID)
-	err = s.readMetas(ids, func(r metaRead) error {
+	// No metadata file in the listing, taken under the lock before this
+	// process wrote anything: only the trailer counts.
+	err = s.readMetas(ids, s.loadTrailer, func(r metaRead) error {
 		id, name := r.id, string(r.id)+extBody
 		switch {
-		case !r.fromTrailer:
-			// Its metadata file appeared since the listing: impossible
-			// under the lock, but not worth guessing about.
-			return nil
 		case r.readFail && errors.Is(r.err, fs.ErrNotExist):
 			return nil
 		case r.readFail:
@@ -1025,7 +1050,7 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 		case r.err != nil:
 			return s.quarantine(string(id)+extMeta, id, r.err)
 		}
-		load(r.m)
+		load(r.m, false)
 		return nil
 	})
 	return loaded, err

@@ -30,7 +30,7 @@ const (
 	// trailerReadAhead is read from the end of a body file at once: the
 	// metadata of an ordinary message (its signature and a few recipients)
 	// fits, so reading it costs one read.
-	trailerReadAhead = 8 << 10
+	trailerReadAhead = 4 << 10
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)

@@ -293,9 +293,19 @@ func TestWalkSeesBothLayouts(t *testing.T) {
 	writing := newID(te.clock.Now())
 	writeFile(t, filepath.Join(te.dir, dirBody, string(writing)+extBody), "Subject: x\r\n\r\nhalf")
 
-	var got []ID
-	if err := te.s.Walk(func(m *Message) error { got = append(got, m.ID); return nil }); err != nil {
+	ro, err := Open(te.dir, Options{ReadOnly: true, FS: &opCounter{FS: OSFS()}})
+	if err != nil {
 		t.Fatal(err)
+	}
+	defer ro.Close()
+	var got []ID
+	if err := ro.Walk(func(m *Message) error { got = append(got, m.ID); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	// One metadata file read (the rewritten one), two trailers (the
+	// other message and the Put still writing), nothing asked twice.
+	if c := ro.fs.(*opCounter); c.metaReads.Load() != 1 || c.tailReads.Load() != 2 {
+		t.Errorf("Walk read %d metadata files and %d trailers, want 1 and 2", c.metaReads.Load(), c.tailReads.Load())
 	}
 	want := []ID{trailerOnly, rewritten}
 	if cmpID(want[0], want[1]) > 0 {
