@@ -26,6 +26,19 @@ func storedFile(t *testing.T, dir string, id ID) (path string, data []byte) {
 	return path, data
 }
 
+// damagedAfterRestart queues trailerTestBody, stops the spool, replaces its
+// one file with what damage makes of it (as a crash or the disk might),
+// and opens the spool again.
+func damagedAfterRestart(t *testing.T, damage func(data []byte) []byte) (*testEnv, ID, *Spool) {
+	t.Helper()
+	te := newTestEnv(t, Options{})
+	id := put(t, te.s, trailerTestBody, "a@x")
+	te.s.Close()
+	path, data := storedFile(t, te.dir, id)
+	writeFile(t, path, string(damage(data)))
+	return te, id, te.open(t, Options{})
+}
+
 // TestPutWritesOneFile: a Put leaves the body, its metadata and a footer in
 // one file and nothing in queue/.
 func TestPutWritesOneFile(t *testing.T) {
@@ -90,13 +103,7 @@ func TestTrailerCrashStates(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			te := newTestEnv(t, Options{})
-			id := put(t, te.s, trailerTestBody, "a@x")
-			te.s.Close()
-			path, data := storedFile(t, te.dir, id)
-			writeFile(t, path, string(tt.damage(data, len(trailerTestBody))))
-
-			s := te.open(t, Options{})
+			te, id, s := damagedAfterRestart(t, func(d []byte) []byte { return tt.damage(d, len(trailerTestBody)) })
 			d := &deliverer{}
 			run(t, s, d)
 			ev := te.ev.wait(t, tt.want, id)
@@ -146,14 +153,10 @@ func TestDamagedBodyIsNeverDelivered(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			te := newTestEnv(t, Options{})
-			id := put(t, te.s, trailerTestBody, "a@x")
-			te.s.Close()
-			path, data := storedFile(t, te.dir, id)
 			n := len(trailerTestBody)
-			writeFile(t, path, string(tt.damage(data[:n]))+string(data[n:]))
-
-			s := te.open(t, Options{})
+			te, id, s := damagedAfterRestart(t, func(d []byte) []byte {
+				return append(tt.damage(bytes.Clone(d[:n])), d[n:]...)
+			})
 			d := &deliverer{}
 			run(t, s, d)
 			ev := te.ev.wait(t, EventCorrupt, id)
@@ -443,15 +446,10 @@ func (d *countingDeliverer) Deliver(_ context.Context, _ ID, env Envelope, to []
 // Size bytes never has the whole of a damaged body either.
 func TestDamagedBodyWithheldFromSizeReaders(t *testing.T) {
 	t.Parallel()
-	te := newTestEnv(t, Options{})
-	id := put(t, te.s, trailerTestBody, "a@x")
-	te.s.Close()
-	path, data := storedFile(t, te.dir, id)
-	data = bytes.Clone(data)
-	data[len(trailerTestBody)-3] ^= 0x20
-	writeFile(t, path, string(data))
-
-	s := te.open(t, Options{})
+	te, id, s := damagedAfterRestart(t, func(d []byte) []byte {
+		d[len(trailerTestBody)-3] ^= 0x20
+		return d
+	})
 	d := &countingDeliverer{}
 	run(t, s, d)
 	te.ev.wait(t, EventCorrupt, id)
