@@ -339,7 +339,7 @@ func (s *Spool) release(it *item, next time.Time) {
 		s.takeFresh(it)
 		delete(s.items, it.id)
 		s.mu.Unlock()
-		err := s.removeFiles(it.id, true)
+		err := s.removeFiles(it.id, true, true)
 		if errors.Is(err, ErrNotFound) {
 			err = nil
 		}
@@ -568,7 +568,7 @@ func (s *Spool) deliver(ctx context.Context, d Deliverer, m *Message, to []strin
 
 // finish takes a message with no pending recipient out of the queue.
 func (s *Spool) finish(it *item, m *Message) {
-	if err := s.complete(m); err != nil {
+	if err := s.complete(m, &it.metaFile); err != nil {
 		s.event(Event{Kind: EventError, ID: m.ID, Envelope: m.Envelope, Err: err})
 		// Try again later; the files are still where Open expects them.
 		s.release(it, s.now().Add(s.backoff(1)))
@@ -580,14 +580,16 @@ func (s *Spool) finish(it *item, m *Message) {
 // complete removes the files of a message with no pending recipient (all
 // delivered) or moves them to failed/. Its final state is already durable
 // in queue/ (or, for all delivered, no longer matters), so a crash during
-// the moves is completed by Open.
-func (s *Spool) complete(m *Message) error {
+// the moves is completed by Open. *metaFile says whether queue/<id>.json
+// may exist; a move to failed/ writes one.
+func (s *Spool) complete(m *Message, metaFile *bool) error {
 	for _, r := range m.Rcpts {
 		if r.State != Delivered {
+			*metaFile = true
 			return s.moveToFailed(m)
 		}
 	}
-	if err := s.removeFiles(m.ID, false); err != nil && !errors.Is(err, ErrNotFound) {
+	if err := s.removeFiles(m.ID, false, *metaFile); err != nil && !errors.Is(err, ErrNotFound) {
 		return err
 	}
 	return nil

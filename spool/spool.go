@@ -877,7 +877,7 @@ func (s *Spool) Delete(id ID) error {
 		delete(s.items, id)
 	}
 	s.mu.Unlock()
-	if err := s.removeFiles(id, true); err != nil {
+	if err := s.removeFiles(id, true, true); err != nil {
 		return fmt.Errorf("spool: delete %s: %w", id, err)
 	}
 	s.event(Event{Kind: EventDeleted, ID: id})
@@ -891,17 +891,21 @@ func (s *Spool) Delete(id ID) error {
 // recipient. An operator's delete is made durable before it is reported;
 // the clean-up after delivery is not worth an fsync per message: a crash
 // that undoes it makes the message be delivered again, which at-least-once
-// allows.
-func (s *Spool) removeFiles(id ID, durable bool) error {
+// allows. metaFile false says queue/<id>.json cannot exist (the scheduler
+// knows), which spares an unlink that would fail.
+func (s *Spool) removeFiles(id ID, durable, metaFile bool) error {
 	err := s.fs.Remove(s.path(dirBody, string(id)+extBody))
 	hadBody := err == nil
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	err = s.fs.Remove(s.path(dirQueue, string(id)+extMeta))
-	hadMeta := err == nil
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+	hadMeta := false
+	if metaFile {
+		err = s.fs.Remove(s.path(dirQueue, string(id)+extMeta))
+		hadMeta = err == nil
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
 	}
 	if !hadMeta && !hadBody {
 		return ErrNotFound
@@ -998,7 +1002,8 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 		delete(bodies, bodyName)
 		if len(m.Pending()) == 0 {
 			// Decided before a crash interrupted the clean-up.
-			if err := s.complete(m); err == nil {
+			metaFile := true
+			if err := s.complete(m, &metaFile); err == nil {
 				return nil
 			}
 			// Leave it queued; a worker retries the clean-up.

@@ -395,7 +395,8 @@ func (r *removeRecorder) Remove(name string) error {
 
 // TestRemovalOrder: the body file goes before the metadata file, so that a
 // crash in between cannot leave the first metadata (every recipient
-// pending) for Open to deliver again.
+// pending) for Open to deliver again; a message that never had a metadata
+// file costs one unlink.
 func TestRemovalOrder(t *testing.T) {
 	t.Parallel()
 	rec := &removeRecorder{FS: OSFS()}
@@ -405,6 +406,10 @@ func TestRemovalOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// As a deferred attempt does: the scheduler learns of the file first.
+	te.s.mu.Lock()
+	te.s.items[id].metaFile = true
+	te.s.mu.Unlock()
 	if err := te.s.writeMeta(m, dirQueue, te.s.queueSync); err != nil {
 		t.Fatal(err)
 	}
@@ -418,6 +423,16 @@ func TestRemovalOrder(t *testing.T) {
 	defer rec.mu.Unlock()
 	if fmt.Sprint(rec.removed) != "[body/.eml queue/.json]" {
 		t.Errorf("removed %v, want the body file, then the metadata file", rec.removed)
+	}
+	rec.removed = nil
+	rec.mu.Unlock()
+
+	only := put(t, te.s, trailerTestBody, "a@x")
+	te.ev.wait(t, EventDelivered, only)
+	waitGone(t, te.s, only)
+	rec.mu.Lock()
+	if fmt.Sprint(rec.removed) != "[body/.eml]" {
+		t.Errorf("removed %v for a message without a metadata file, want its body file only", rec.removed)
 	}
 }
 
