@@ -189,9 +189,14 @@ func (p *Pool) dial(ctx context.Context) (*pooled, error) {
 			s.close()
 		}
 		if ctx.Err() == nil {
-			p.failures++
 			p.lastErr = err
-			p.retryAt = p.cfg.Now().Add(p.cfg.Backoff[min(p.failures, len(p.cfg.Backoff))-1])
+			// Dials that fail together (every worker at once, after a
+			// restart) are one failure of the upstream: only one that
+			// started outside a pause lengthens the next pause.
+			if now := p.cfg.Now(); p.failures == 0 || !now.Before(p.retryAt) {
+				p.failures++
+				p.retryAt = now.Add(p.cfg.Backoff[min(p.failures, len(p.cfg.Backoff))-1])
+			}
 		}
 		return nil, err
 	}

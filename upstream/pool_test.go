@@ -233,3 +233,39 @@ func TestPoolKeepsConnectionAfterRefusal(t *testing.T) {
 		t.Errorf("%d connections, want 1: the refusal closed a healthy connection", n)
 	}
 }
+
+// TestPoolConcurrentFailuresAreOne: workers that dial a dead upstream at the
+// same moment (as after a restart) see one failure of it, not several in a
+// row: the pause is the first interval, not the longest.
+func TestPoolConcurrentFailuresAreOne(t *testing.T) {
+	t.Parallel()
+	f := newUpstream(t, upstreamtest.Options{TLS: upstreamtest.TLSStartTLS, Users: map[string]string{user: password}})
+	cfg := f.config(t, "starttls")
+	const workers = 4
+	var waiting sync.WaitGroup
+	waiting.Add(workers)
+	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		// Fail only once every worker is dialling.
+		waiting.Done()
+		waiting.Wait()
+		return nil, errors.New("connection refused (test)")
+	}
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	p := upstream.NewPool(newClient(t, cfg), upstream.PoolConfig{
+		MaxConnections: workers,
+		Backoff:        []time.Duration{time.Minute, 5 * time.Minute, 15 * time.Minute, time.Hour},
+		Now:            clock,
+	})
+	defer p.Close()
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() { poolDeliver(t, p, "a@example.org") })
+	}
+	wg.Wait()
+	_, err := poolDeliver(t, p, "a@example.org")
+	var be *upstream.BackoffError
+	if !errors.As(err, &be) || !be.RetryAt().Equal(now.Add(time.Minute)) {
+		t.Fatalf("after %d dials failed together: %v, want a pause until +1m", workers, err)
+	}
+}
