@@ -45,7 +45,10 @@ type Pool struct {
 	failures int       // consecutive failures to connect
 	retryAt  time.Time // no dialling before this
 	probing  bool      // one caller is testing whether the upstream is back
-	lastErr  error
+	lastErr  error     // the failure that started the pause
+	// counted grows with every failure counted in failures; a dial that
+	// sees it changed since it began failed together with that one.
+	counted uint64
 }
 
 type pooled struct {
@@ -180,6 +183,9 @@ func (p *Pool) endProbe() {
 
 // dial opens a fresh session and updates the backoff state.
 func (p *Pool) dial(ctx context.Context) (*pooled, error) {
+	p.mu.Lock()
+	began := p.counted
+	p.mu.Unlock()
 	s, err := p.c.openWithSecret(ctx)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -188,15 +194,15 @@ func (p *Pool) dial(ctx context.Context) (*pooled, error) {
 		if s != nil {
 			s.close()
 		}
-		if ctx.Err() == nil {
+		// Dials that fail together (every worker at once, after a
+		// restart; or one that took longer than the pause another's
+		// failure started) are one failure of the upstream: only a dial
+		// during which no other failure was counted lengthens the pause.
+		if ctx.Err() == nil && p.counted == began {
+			p.counted++
+			p.failures++
 			p.lastErr = err
-			// Dials that fail together (every worker at once, after a
-			// restart) are one failure of the upstream: only one that
-			// started outside a pause lengthens the next pause.
-			if now := p.cfg.Now(); p.failures == 0 || !now.Before(p.retryAt) {
-				p.failures++
-				p.retryAt = now.Add(p.cfg.Backoff[min(p.failures, len(p.cfg.Backoff))-1])
-			}
+			p.retryAt = p.cfg.Now().Add(p.cfg.Backoff[min(p.failures, len(p.cfg.Backoff))-1])
 		}
 		return nil, err
 	}

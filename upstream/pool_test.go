@@ -269,3 +269,51 @@ func TestPoolConcurrentFailuresAreOne(t *testing.T) {
 		t.Fatalf("after %d dials failed together: %v, want a pause until +1m", workers, err)
 	}
 }
+
+// TestPoolSlowFailureDuringPause: a dial that began before another's
+// failure started the pause, and fails only after the pause is over (a
+// TLS handshake or AUTH that hung until its timeout), does not lengthen
+// it: the next delivery is the probe, not a fast failure.
+func TestPoolSlowFailureDuringPause(t *testing.T) {
+	t.Parallel()
+	f := newUpstream(t, upstreamtest.Options{TLS: upstreamtest.TLSStartTLS, Users: map[string]string{user: password}})
+	cfg := f.config(t, "starttls")
+	slowStarted, releaseSlow := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int32
+	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if calls.Add(1) == 1 {
+			close(slowStarted)
+			<-releaseSlow
+		}
+		return nil, errors.New("connection refused (test)")
+	}
+	var mu sync.Mutex
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	p := upstream.NewPool(newClient(t, cfg), upstream.PoolConfig{
+		MaxConnections: 2,
+		Backoff:        []time.Duration{time.Minute, 5 * time.Minute},
+		Now:            clock,
+	})
+	defer p.Close()
+
+	slow := make(chan error, 1)
+	go func() { _, err := poolDeliver(t, p, "a@example.org"); slow <- err }()
+	<-slowStarted
+	if _, err := poolDeliver(t, p, "b@example.org"); err == nil {
+		t.Fatal("a delivery to a dead upstream succeeded")
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Minute) // the first pause is over
+	mu.Unlock()
+	close(releaseSlow)
+	<-slow
+	_, err := poolDeliver(t, p, "c@example.org")
+	var be *upstream.BackoffError
+	if errors.As(err, &be) {
+		t.Fatalf("after the slow dial failed: %v; want the probe of the next interval, not a longer pause", err)
+	}
+	if n := calls.Load(); n != 3 {
+		t.Errorf("%d dials, want 3 (slow, fast, probe)", n)
+	}
+}
