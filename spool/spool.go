@@ -749,9 +749,12 @@ func (s *Spool) Walk(fn func(*Message) error) error {
 	// A message has a body file, and a metadata file in queue/ once its
 	// metadata has changed; a metadata file whose body is gone is listed
 	// too, as Open and Run find it (they quarantine it).
+	//
+	// body/ is listed first: a metadata file written meanwhile is then in
+	// the second listing, and the newer metadata is what is shown.
 	var ids []ID
 	withMeta := make(map[ID]bool)
-	for _, sub := range []struct{ dir, ext string }{{dirQueue, extMeta}, {dirBody, extBody}} {
+	for _, sub := range []struct{ dir, ext string }{{dirBody, extBody}, {dirQueue, extMeta}} {
 		names, err := s.fs.ReadDirNames(s.path(sub.dir, ""))
 		if err != nil {
 			return fmt.Errorf("spool: list: %w", err)
@@ -759,24 +762,22 @@ func (s *Spool) Walk(fn func(*Message) error) error {
 		for _, name := range names {
 			// Anything else under an id's name (a directory) fails to
 			// read below and is skipped.
-			id, ok := idFromName(name, sub.ext)
-			switch {
-			case !ok:
-			case sub.dir == dirQueue:
-				withMeta[id] = true
+			if id, ok := idFromName(name, sub.ext); ok {
 				ids = append(ids, id)
-			case !withMeta[id]:
-				ids = append(ids, id)
+				if sub.dir == dirQueue {
+					withMeta[id] = true
+				}
 			}
 		}
 	}
 	slices.SortFunc(ids, cmpID)
+	ids = slices.Compact(ids)
 	load := func(id ID) metaRead {
 		if withMeta[id] {
 			return s.loadMeta(dirQueue, id)
 		}
-		// Only a body file was listed: not worth asking for a metadata
-		// file first (one written since would only be newer).
+		// No metadata file when queue/ was listed: its trailer is its
+		// metadata, without asking queue/ for a file first.
 		return s.loadTrailer(id)
 	}
 	return s.readMetas(ids, load, func(r metaRead) error {

@@ -29,8 +29,10 @@ const (
 	maxTrailerJSON = 4 << 20
 	// trailerReadAhead is read from the end of a body file at once: the
 	// metadata of an ordinary message fits (1.3 KB with an RSA-2048
-	// signature and one recipient), so reading it costs one read.
-	trailerReadAhead = 2 << 10
+	// signature and one recipient; dual signing, RSA-4096 or a dozen
+	// recipients stay under 4 KiB), so reading it costs one open and one
+	// read.
+	trailerReadAhead = 4 << 10
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)

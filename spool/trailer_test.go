@@ -413,26 +413,26 @@ func TestRemovalOrder(t *testing.T) {
 	if err := te.s.writeMeta(m, dirQueue, te.s.queueSync); err != nil {
 		t.Fatal(err)
 	}
-	rec.mu.Lock()
-	rec.removed = nil
-	rec.mu.Unlock()
+	removed := func() string {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		r := fmt.Sprint(rec.removed)
+		rec.removed = nil
+		return r
+	}
+	removed()
 	run(t, te.s, &deliverer{})
 	te.ev.wait(t, EventDelivered, id)
 	waitGone(t, te.s, id)
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	if fmt.Sprint(rec.removed) != "[body/.eml queue/.json]" {
-		t.Errorf("removed %v, want the body file, then the metadata file", rec.removed)
+	if got := removed(); got != "[body/.eml queue/.json]" {
+		t.Errorf("removed %v, want the body file, then the metadata file", got)
 	}
-	rec.removed = nil
-	rec.mu.Unlock()
 
 	only := put(t, te.s, trailerTestBody, "a@x")
 	te.ev.wait(t, EventDelivered, only)
 	waitGone(t, te.s, only)
-	rec.mu.Lock()
-	if fmt.Sprint(rec.removed) != "[body/.eml]" {
-		t.Errorf("removed %v for a message without a metadata file, want its body file only", rec.removed)
+	if got := removed(); got != "[body/.eml]" {
+		t.Errorf("removed %v for a message without a metadata file, want its body file only", got)
 	}
 }
 
