@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -175,6 +176,17 @@ func startSendmailEnv(t *testing.T, extra string) *sendmailEnv {
 		t.Fatal(err)
 	}
 	e.d = startServe(t, e.config, e.listen)
+	// startServe waits for the TCP listener; the socket these tests submit
+	// through may come up a moment later.
+	if !waitFor(func() bool {
+		c, err := net.Dial("unix", e.socket)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}) {
+		t.Fatalf("sealpost serve not listening on %s:\n%s", e.socket, e.d.stderr)
+	}
 	return e
 }
 
