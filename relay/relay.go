@@ -128,13 +128,11 @@ func New(cfg *Config, opts Options) (_ *Relay, err error) {
 	r.server.EnableSMTPUTF8 = true
 	r.server.ErrorLog = slogPrinter{logger.With(slog.String("component", "smtpd"))}
 
-	for _, a := range cfg.Listen.Addrs {
-		l, err := listenTCP(a)
-		if err != nil {
-			return nil, fmt.Errorf("listen on %s (listen.addrs): %w", a, err)
-		}
-		r.listeners = append(r.listeners, &guardedListener{Listener: l, allowed: r.allowed, limiter: r.conns, audit: r.audit, open: r.open})
-	}
+	// The socket is opened before the TCP listeners, so that a readiness
+	// check on the port (systemd, monitoring, tests) also finds
+	// `sendmail`'s socket in place; it is listed after them (Addrs, and
+	// the demo's instructions, name the TCP address first).
+	var socket net.Listener
 	if cfg.Listen.Socket != "" {
 		// Writable by every local user: any program on the host may
 		// submit, and the daemon records who did.
@@ -142,7 +140,20 @@ func New(cfg *Config, opts Options) (_ *Relay, err error) {
 		if err != nil {
 			return nil, err
 		}
-		r.listeners = append(r.listeners, &guardedListener{Listener: l, limiter: r.conns, audit: r.audit, open: r.open})
+		socket = &guardedListener{Listener: l, limiter: r.conns, audit: r.audit, open: r.open}
+	}
+	for _, a := range cfg.Listen.Addrs {
+		l, err := listenTCP(a)
+		if err != nil {
+			if socket != nil {
+				socket.Close()
+			}
+			return nil, fmt.Errorf("listen on %s (listen.addrs): %w", a, err)
+		}
+		r.listeners = append(r.listeners, &guardedListener{Listener: l, allowed: r.allowed, limiter: r.conns, audit: r.audit, open: r.open})
+	}
+	if socket != nil {
+		r.listeners = append(r.listeners, socket)
 	}
 	if path := cfg.ControlSocketPath(); path != "" {
 		if r.control, err = listenControl(path); err != nil {
