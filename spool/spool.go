@@ -198,14 +198,16 @@ func Open(dir string, opts Options) (*Spool, error) {
 	s.ops.Add(1)
 	go func() {
 		defer s.ops.Done()
-		defer close(s.recovered)
 		start := time.Now()
 		loaded, err := s.recover(snap)
 		s.recoverErr = err
-		s.event(Event{Kind: EventLoaded, Queued: loaded, Duration: time.Since(start), Err: err})
 		s.mu.Lock()
 		s.flushLoading = false
 		s.mu.Unlock()
+		close(s.recovered)
+		// After the close: whoever the event reaches (the daemon's log
+		// line, a control reply) finds Loading() false.
+		s.event(Event{Kind: EventLoaded, Queued: loaded, Duration: time.Since(start), Err: err})
 		s.Kick()
 	}()
 	return s, nil
