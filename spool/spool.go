@@ -442,44 +442,40 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 	// the scheduler knows it first, as busy: a Delete meanwhile is carried
 	// out when the Put ends instead of being undone by it.
 	it := s.reserve(id)
-	if err = s.commitTrailer(f, data, dirSynced, &fileOpen); err != nil {
-		dirSynced = nil
+	err = s.writeTrailer(f, data)
+	dirErr := <-dirSynced
+	dirSynced = nil
+	if err == nil && dirErr != nil {
+		err = fmt.Errorf("spool: sync body directory: %w", dirErr)
+	}
+	if err == nil {
+		// Close reports write-back errors on some file systems (NFS); not
+		// checking it could acknowledge a message that is not on disk.
+		fileOpen = false
+		if cerr := f.Close(); cerr != nil {
+			err = fmt.Errorf("spool: write body: close: %w", cerr)
+		}
+	}
+	if err != nil {
 		s.unreserve(it)
 		return err
 	}
-	dirSynced = nil
 	s.schedule(it, msg)
 	return nil
 }
 
-// commitTrailer writes the metadata and its footer after the body, fsyncs
-// the file and waits for body/'s sync: only then is the message durable.
-// A crash before then can leave the trailer cut short (the file is then
-// not a message) or whole after a body that is not, which the body's sum
-// tells when it is read.
-func (s *Spool) commitTrailer(f File, metaJSON []byte, dirSynced <-chan error, fileOpen *bool) error {
+// writeTrailer writes the metadata and its footer after the body and
+// fsyncs the file. A crash before the fsync has finished can leave the
+// trailer cut short (the file is then not a message) or whole after a body
+// that is not, which the body's sum tells when it is read.
+func (s *Spool) writeTrailer(f File, metaJSON []byte) error {
 	tp := s.bufs.Get().(*[]byte)
-	trailer := appendTrailer((*tp)[:0], metaJSON)
-	_, werr := f.Write(trailer)
-	s.bufs.Put(tp)
-	var syncErr error
-	if werr == nil {
-		syncErr = f.Sync()
+	defer s.bufs.Put(tp)
+	if _, err := f.Write(appendTrailer((*tp)[:0], metaJSON)); err != nil {
+		return fmt.Errorf("spool: write metadata: %w", err)
 	}
-	dirErr := <-dirSynced
-	switch {
-	case werr != nil:
-		return fmt.Errorf("spool: write metadata: %w", werr)
-	case syncErr != nil:
-		return fmt.Errorf("spool: write body: fsync: %w", syncErr)
-	case dirErr != nil:
-		return fmt.Errorf("spool: sync body directory: %w", dirErr)
-	}
-	// Close reports write-back errors on some file systems (NFS); not
-	// checking it could acknowledge a message that is not on disk.
-	*fileOpen = false
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("spool: write body: close: %w", err)
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("spool: write body: fsync: %w", err)
 	}
 	return nil
 }
