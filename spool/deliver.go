@@ -379,10 +379,7 @@ func (s *Spool) attempt(ctx context.Context, d Deliverer, it *item) {
 		s.forget(it)
 		return
 	case errors.Is(err, ErrCorrupt):
-		s.forget(it)
-		if qerr := s.quarantine(string(it.id)+extMeta, it.id, err); qerr != nil {
-			s.event(Event{Kind: EventError, ID: it.id, Err: qerr})
-		}
+		s.quarantineItem(it, err)
 		return
 	case err != nil:
 		s.event(Event{Kind: EventError, ID: it.id, Err: err})
@@ -401,10 +398,7 @@ func (s *Spool) attempt(ctx context.Context, d Deliverer, it *item) {
 	perRcpt, aerr := s.deliver(ctx, d, m, pending)
 	now := s.now()
 	if errors.Is(aerr, ErrCorrupt) {
-		s.forget(it)
-		if qerr := s.quarantine(string(it.id)+extMeta, it.id, aerr); qerr != nil {
-			s.event(Event{Kind: EventError, ID: it.id, Err: qerr})
-		}
+		s.quarantineItem(it, aerr)
 		return
 	}
 	var paused interface{ RetryAt() time.Time }
@@ -566,9 +560,21 @@ func (s *Spool) deliver(ctx context.Context, d Deliverer, m *Message, to []strin
 	return perRcpt, err
 }
 
+// quarantineItem takes a busy message whose metadata or body is damaged
+// out of the scheduler and its files out of the way (corrupt/).
+func (s *Spool) quarantineItem(it *item, cause error) {
+	s.forget(it)
+	if err := s.quarantine(string(it.id)+extMeta, it.id, cause); err != nil {
+		s.event(Event{Kind: EventError, ID: it.id, Err: err})
+	}
+}
+
 // finish takes a message with no pending recipient out of the queue.
 func (s *Spool) finish(it *item, m *Message) {
-	if err := s.complete(m, &it.metaFile); err != nil {
+	if err := s.complete(m, it.metaFile); err != nil {
+		// A move to failed/ that stopped half-way may have written the
+		// metadata file: from now on it counts.
+		it.metaFile = true
 		s.event(Event{Kind: EventError, ID: m.ID, Envelope: m.Envelope, Err: err})
 		// Try again later; the files are still where Open expects them.
 		s.release(it, s.now().Add(s.backoff(1)))
@@ -580,16 +586,15 @@ func (s *Spool) finish(it *item, m *Message) {
 // complete removes the files of a message with no pending recipient (all
 // delivered) or moves them to failed/. Its final state is already durable
 // in queue/ (or, for all delivered, no longer matters), so a crash during
-// the moves is completed by Open. *metaFile says whether queue/<id>.json
-// may exist; a move to failed/ writes one.
-func (s *Spool) complete(m *Message, metaFile *bool) error {
+// the moves is completed by Open. metaFile says whether queue/<id>.json
+// may exist.
+func (s *Spool) complete(m *Message, metaFile bool) error {
 	for _, r := range m.Rcpts {
 		if r.State != Delivered {
-			*metaFile = true
 			return s.moveToFailed(m)
 		}
 	}
-	if err := s.removeFiles(m.ID, false, *metaFile); err != nil && !errors.Is(err, ErrNotFound) {
+	if err := s.removeFiles(m.ID, false, metaFile); err != nil && !errors.Is(err, ErrNotFound) {
 		return err
 	}
 	return nil

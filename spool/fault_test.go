@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // faultFS wraps the OS and fails the first operation op on a path that
@@ -196,4 +197,37 @@ func TestAttemptRecordFault(t *testing.T) {
 	te.s.Flush()
 	te.ev.wait(t, EventDelivered, id)
 	assertEmptySpool(t, te.dir)
+}
+
+// TestFailedMoveInterrupted: a move to failed/ that stops after writing
+// the final metadata (the body's rename fails) is finished on the next
+// try from that metadata, not from the trailer, which still says every
+// recipient is pending: the refused recipient is not tried again.
+func TestFailedMoveInterrupted(t *testing.T) {
+	t.Parallel()
+	ffs := &faultFS{FS: OSFS(), op: "rename", match: sep(dirFailed)}
+	te := newTestEnv(t, Options{FS: ffs})
+	id := put(t, te.s, "Subject: x\r\n\r\nrefused\r\n", "a@x")
+	d := &deliverer{fn: func(to []string) ([]error, error) {
+		return []error{permErr{"550 no such user"}}, nil
+	}}
+	run(t, te.s, d)
+	ev := te.ev.wait(t, EventError, id)
+	if !errors.Is(ev.Err, errInjected) {
+		t.Fatalf("error event %v, want the injected rename failure", ev.Err)
+	}
+	te.s.Flush()
+	deadline := time.Now().Add(waitLimit)
+	m, err := te.s.GetFailed(id)
+	for err != nil && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+		m, err = te.s.GetFailed(id)
+	}
+	if err != nil || m.Rcpts[0].State != Failed {
+		t.Fatalf("failed/ holds %+v, %v; want the message with its recipient failed", m, err)
+	}
+	waitGone(t, te.s, id)
+	if n := len(d.Calls()); n != 1 {
+		t.Errorf("%d delivery attempts, want 1: the refused recipient was tried again", n)
+	}
 }

@@ -1001,8 +1001,7 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 		delete(bodies, bodyName)
 		if len(m.Pending()) == 0 {
 			// Decided before a crash interrupted the clean-up.
-			metaFile := true
-			if err := s.complete(m, &metaFile); err == nil {
+			if err := s.complete(m, true); err == nil {
 				return nil
 			}
 			// Leave it queued; a worker retries the clean-up.
