@@ -247,6 +247,9 @@ type pauseError struct {
 	until    time.Time
 	reason   string // "paced" or "backoff"
 	last     error
+	// only: the upstream is the only one configured, so every queued
+	// message waits for it.
+	only bool
 }
 
 func (e *pauseError) Error() string {
@@ -259,7 +262,18 @@ func (e *pauseError) Error() string {
 func (e *pauseError) Unwrap() error      { return e.last }
 func (e *pauseError) Temporary() bool    { return true }
 func (e *pauseError) RetryAt() time.Time { return e.until }
-func (e *pauseError) PauseKey() string   { return "upstream:" + e.upstream }
+
+// PauseKey is empty when the upstream is the only one: the spool then
+// holds back the whole queue. A keyed pause holds back only the messages
+// whose own attempt met it, so each message would be read and handed to
+// the deliverer once more during every pause; after a restart with the
+// upstream down, that is the whole queue.
+func (e *pauseError) PauseKey() string {
+	if e.only {
+		return ""
+	}
+	return "upstream:" + e.upstream
+}
 
 // unreachable reports whether err means the upstream was not talked to as
 // far as MAIL: nothing of the message went out, so another upstream may
@@ -310,9 +324,9 @@ func (d *routingDeliverer) Deliver(ctx context.Context, id spool.ID, env spool.E
 			if i == 0 {
 				// The route's own upstream is merely busy: wait for it
 				// rather than spill onto the failover ones.
-				return nil, &pauseError{upstream: u.name, until: at, reason: "paced"}
+				return nil, d.rt.pauseError(u, at, "paced", nil)
 			}
-			pause = earlier(pause, &pauseError{upstream: cands[0].name, until: at, reason: "paced"})
+			pause = earlier(pause, d.rt.pauseError(cands[0], at, "paced", nil))
 			continue
 		}
 		msg := upstream.Message{From: d.envelopeFrom(env.From, u), To: to, SMTPUTF8: env.SMTPUTF8, Size: env.Size}
@@ -328,7 +342,7 @@ func (d *routingDeliverer) Deliver(ctx context.Context, id spool.ID, env spool.E
 			d.rt.count(u, "backoff")
 			d.audit.metrics.upstreamAttempt(err, info, env.Received)
 			// Keyed by the routed upstream: its messages wait, others flow.
-			pause = earlier(pause, &pauseError{upstream: cands[0].name, until: backoff.Until, reason: "backoff", last: backoff.Last})
+			pause = earlier(pause, d.rt.pauseError(cands[0], backoff.Until, "backoff", backoff.Last))
 			lastErr = err
 			continue
 		}
@@ -377,6 +391,10 @@ func (d *routingDeliverer) Deliver(ctx context.Context, id spool.ID, env spool.E
 		return nil, pause
 	}
 	return nil, lastErr
+}
+
+func (rt *router) pauseError(u *routeUpstream, until time.Time, reason string, last error) *pauseError {
+	return &pauseError{upstream: u.name, until: until, reason: reason, last: last, only: len(rt.byName) == 1}
 }
 
 func earlier(a, b *pauseError) *pauseError {

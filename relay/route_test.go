@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -383,5 +385,72 @@ func TestRouteMemoryFollowsAttempts(t *testing.T) {
 	}
 	if q, _ := env.relay.spool.Stats(); q != n {
 		t.Errorf("%d queued, want %d", q, n)
+	}
+}
+
+// countingDeliverer counts the attempts the spool hands to the router.
+type countingDeliverer struct {
+	spool.Deliverer
+	calls atomic.Int64
+}
+
+func (c *countingDeliverer) Deliver(ctx context.Context, id spool.ID, env spool.Envelope, to []string, body io.Reader) ([]error, error) {
+	c.calls.Add(1)
+	return c.Deliverer.Deliver(ctx, id, env, to, body)
+}
+
+// TestOnlyUpstreamPauseHoldsTheQueue: with a single upstream, its backoff
+// holds back the whole queue at once. Were the pause keyed, every message
+// would still be read and handed to the router once, to learn the
+// upstream is paused: after a restart with the upstream down, the whole
+// queue, competing with `queue list` and the loading of the queue.
+func TestOnlyUpstreamPauseHoldsTheQueue(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	cfg := newTestConfig(t, ca, closedAddr(t))
+	clock := fakeclock.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	log := NewLogger(&syncBuffer{}, cfg.Log)
+	rt, err := newRouter(cfg, log, clock.Now, func() []RouteConfig { return cfg.Routes })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rt.close)
+	const workers, queued = 4, 40
+	sp, err := spool.Open(t.TempDir(), spool.Options{Workers: workers, Now: clock.Now, Backoff: []time.Duration{time.Hour}, MaxAge: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range queued {
+		putMsg(t, sp, "app@example.com")
+	}
+	d := &countingDeliverer{Deliverer: &routingDeliverer{rt: rt, audit: newAuditLog(log), log: log, hardStop: context.Background()}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sp.Run(ctx, d) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		sp.Close()
+	})
+
+	// Wait until the attempts stop: fake time stands still, so the
+	// backoff does not end.
+	last, stable := int64(-1), 0
+	for i := 0; i < 1000 && stable < 20; i++ {
+		sp.Kick()
+		time.Sleep(5 * time.Millisecond)
+		if n := d.calls.Load(); n == last {
+			stable++
+		} else {
+			last, stable = n, 0
+		}
+	}
+	// Each worker may have taken one message before the first refused
+	// dial paused the upstream, and one more before it learned of it.
+	if n := d.calls.Load(); n == 0 || n > 2*workers {
+		t.Errorf("the router was asked %d times for %d queued messages, want 1..%d: the pause of the only upstream must hold back the queue", n, queued, 2*workers)
+	}
+	if q, _ := sp.Stats(); q != queued {
+		t.Errorf("%d queued, want %d", q, queued)
 	}
 }
