@@ -411,7 +411,7 @@ func (s *Spool) attempt(ctx context.Context, d Deliverer, it *item) {
 		if errors.As(aerr, &keyed) && keyed.PauseKey() != "" {
 			s.pauseKeyed(it, keyed.PauseKey(), until)
 		} else {
-			s.pause(until)
+			s.pause(it, until)
 		}
 		s.release(it, until)
 		return
@@ -629,10 +629,13 @@ func (s *Spool) isPaused() bool {
 	return s.pausedUntil.After(now)
 }
 
-// pause holds back every delivery until t; the deliverer asked for it.
-func (s *Spool) pause(t time.Time) {
+// pause holds back every delivery until t; the deliverer asked for it in
+// the attempt of it. A Flush during that attempt (it.flushed) ended the
+// pause the answer may predate: it is not imposed again, and it is
+// retried at once (release), which asks the deliverer afresh.
+func (s *Spool) pause(it *item, t time.Time) {
 	s.mu.Lock()
-	if t.After(s.pausedUntil) {
+	if !it.flushed && t.After(s.pausedUntil) {
 		s.pausedUntil = t
 	}
 	s.mu.Unlock()
@@ -643,6 +646,11 @@ func (s *Spool) pause(t time.Time) {
 func (s *Spool) pauseKeyed(it *item, key string, t time.Time) {
 	s.mu.Lock()
 	it.pauseKey = key
+	if it.flushed {
+		// As in pause: the answer may predate the Flush.
+		s.mu.Unlock()
+		return
+	}
 	if s.keyPaused == nil {
 		s.keyPaused = map[string]time.Time{}
 	}
