@@ -275,6 +275,11 @@ func (p *Pool) Close() {
 func (p *Pool) RetryNow() {
 	p.mu.Lock()
 	p.retryAt = time.Time{}
+	// A dial in flight began before the operator's word: its failure
+	// says nothing about the upstream since, so it must not count, and
+	// a probe hanging until its timeout must not hold back the next one.
+	p.counted++
+	p.probing = false
 	p.mu.Unlock()
 }
 

@@ -317,3 +317,73 @@ func TestPoolSlowFailureDuringPause(t *testing.T) {
 		t.Errorf("%d dials, want 3 (slow, fast, probe)", n)
 	}
 }
+
+// TestPoolRetryNowOutlivesDialInFlight: `queue flush` (RetryNow) says the
+// upstream is back. A probe that began before it (hanging in its dial or
+// TLS handshake until a timeout) neither holds back the deliveries after
+// the flush, nor, failing after it, starts a new and longer pause, which
+// would undo the flush: the spool holds the whole queue for a pause, up to
+// the last retry interval.
+func TestPoolRetryNowOutlivesDialInFlight(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		// probeFailsFirst: the hanging probe fails before the next
+		// delivery; otherwise that delivery comes while it hangs.
+		probeFailsFirst bool
+	}{
+		{"probe fails after the flush", true},
+		{"delivery while the probe hangs", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := newUpstream(t, upstreamtest.Options{TLS: upstreamtest.TLSStartTLS, Users: map[string]string{user: password}})
+			cfg := f.config(t, "starttls")
+			slowStarted, releaseSlow := make(chan struct{}), make(chan struct{})
+			var calls atomic.Int32
+			cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				if calls.Add(1) == 2 {
+					close(slowStarted)
+					<-releaseSlow
+				}
+				return nil, errors.New("connection refused (test)")
+			}
+			var mu sync.Mutex
+			now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+			clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+			p := upstream.NewPool(newClient(t, cfg), upstream.PoolConfig{
+				MaxConnections: 2,
+				Backoff:        []time.Duration{time.Minute, time.Hour},
+				Now:            clock,
+			})
+			defer p.Close()
+
+			if _, err := poolDeliver(t, p, "a@example.org"); err == nil {
+				t.Fatal("a delivery to a dead upstream succeeded")
+			}
+			mu.Lock()
+			now = now.Add(2 * time.Minute) // the first pause is over: the next delivery probes
+			mu.Unlock()
+			probe := make(chan error, 1)
+			go func() { _, err := poolDeliver(t, p, "b@example.org"); probe <- err }()
+			<-slowStarted
+			p.RetryNow() // the operator: the upstream is back
+			if tc.probeFailsFirst {
+				close(releaseSlow)
+				<-probe
+			}
+			_, err := poolDeliver(t, p, "c@example.org")
+			var be *upstream.BackoffError
+			if errors.As(err, &be) {
+				t.Fatalf("after RetryNow: %v; want a dial, not a pause", err)
+			}
+			if !tc.probeFailsFirst {
+				close(releaseSlow)
+				<-probe
+			}
+			if n := calls.Load(); n != 3 {
+				t.Errorf("%d dials, want 3 (first, the probe, the one after the flush)", n)
+			}
+		})
+	}
+}
