@@ -7,6 +7,9 @@
 #
 #   N=100000 bench/queue-scale.sh [dkim|nodkim]
 #
+# RESTARTS=k restarts it k times (and lists the queue after each), for
+# more than one sample of the restart from one filling.
+#
 # Uses ../shared/bench (sink.sh, smtp-source) and bench/sealpost.sh's
 # production-like configuration. Stops the kit's sink while filling.
 set -euo pipefail
@@ -47,18 +50,20 @@ echo "filled: $n messages at c=$conc in $(secs "$t0" "$t1") s (upstream down); d
 queued=$("$bin" queue list -config "$cfg" | grep -c '^[0-9]\{8\}T')
 echo "queued: $queued"
 
-kill -TERM "$pid"; wait "$pid" || true
-t0=$(now)
-"$bin" serve -config "$cfg" 2>>"$work/serve.log" & pid=$!
-wait_accepting || { echo "sealpost did not restart" >&2; exit 1; }
-t1=$(now)
-echo "restart: accepting after $(secs "$t0" "$t1") s"
-t0=$(now)
-listed=$("$bin" queue list -config "$cfg" | grep -c '^[0-9]\{8\}T')
-t1=$(now)
-echo "queue list: $listed messages in $(secs "$t0" "$t1") s"
-sleep 1
-echo "after restart: daemon RSS $(rss_mb "$pid") MB"
+for _ in $(seq "${RESTARTS:-1}"); do
+	kill -TERM "$pid"; wait "$pid" || true
+	t0=$(now)
+	"$bin" serve -config "$cfg" 2>>"$work/serve.log" & pid=$!
+	wait_accepting || { echo "sealpost did not restart" >&2; exit 1; }
+	t1=$(now)
+	echo "restart: accepting after $(secs "$t0" "$t1") s"
+	t0=$(now)
+	listed=$("$bin" queue list -config "$cfg" | grep -c '^[0-9]\{8\}T')
+	t1=$(now)
+	echo "queue list: $listed messages in $(secs "$t0" "$t1") s"
+	sleep 1
+	echo "after restart: daemon RSS $(rss_mb "$pid") MB"
+done
 
 bash "$kit/sink.sh" start >/dev/null 2>&1
 curl -s "http://127.0.0.1:20080/reset" >/dev/null
