@@ -36,11 +36,11 @@ const (
 	EventDeferred    = "deferred"     // Rcpts stay pending until NextAttempt; Err says why
 	EventFailed      = "failed"       // Rcpts were refused for good; Err says why
 	EventExpired     = "expired"      // Rcpts were given up after MaxAge; Err is the last error
-	EventRemovedTemp = "removed-temp" // a leftover of an interrupted write was removed at Open
+	EventRemovedTemp = "removed-temp" // a leftover of an interrupted write was removed (at Open, or a Put cut short at its first attempt after it)
 	EventCorrupt     = "corrupt"      // a file was quarantined in corrupt/
 	EventDeleted     = "deleted"      // removed by Delete
 	EventError       = "error"        // the spool could not record a result (disk trouble); Err says what
-	EventLoaded      = "loaded"       // Open's recovery has loaded the queue of earlier processes: Queued messages in Duration; Err if it stopped short
+	EventLoaded      = "loaded"       // Open's recovery has loaded the queue of earlier processes: Queued messages in Duration (those whose metadata never changed by their file names; a Put cut short among them is removed at its first attempt); Err if it stopped short
 )
 
 // Event is one record for the audit log. A single delivery attempt may
@@ -85,6 +85,9 @@ type item struct {
 	// metaFile: queue/<id>.json may exist. Until then the metadata is
 	// only in the trailer, which is read without asking for the file.
 	metaFile bool
+	// unread: loaded by Open's recovery from the name of its body file
+	// alone; the trailer is checked at the first attempt (loadUnread).
+	unread bool
 }
 
 type schedHeap []*item

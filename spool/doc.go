@@ -15,7 +15,8 @@
 //	body/<id>.eml     the message body, followed by its first metadata and a
 //	                  footer (the trailer, see trailer.go); written once,
 //	                  never rewritten. Its whole footer is the commit marker:
-//	                  one without it is an interrupted Put, removed at Open
+//	                  one without it is an interrupted Put, removed when
+//	                  its first attempt reads it
 //	queue/<id>.json   the metadata ([Message]) once it has changed (after a
 //	                  delivery attempt, or by versions before the trailer,
 //	                  from the start); when present it wins over the trailer
@@ -42,7 +43,9 @@
 // One file and one directory per message: a Put costs one file fsync and a
 // share of one directory fsync. Readers may see the trailer before it is
 // durable. A crash before step 4 has finished can leave the footer cut
-// short or missing (the file is then an interrupted Put, removed at Open),
+// short or missing (the file is then an interrupted Put, removed at the
+// first attempt after Open, which loads such files by name without reading
+// them, so that a restart does not read the whole queue once more),
 // or whole after a body whose blocks did not all reach the disk: the
 // recorded length and sum tell that when the body is read, and such a
 // message, never acknowledged, is quarantined in corrupt/ before a

@@ -370,8 +370,9 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 
 	// One file per message: the body, then its metadata as a trailer
 	// (trailer.go), created under its final name and fsynced once. A body
-	// file without a whole trailer is not a message (Open removes it), so a
-	// temp name and a rename would only cost another directory operation.
+	// file without a whole trailer is not a message (its first attempt after
+	// a restart removes it), so a temp name and a rename would only cost
+	// another directory operation.
 	f, err := s.fs.Create(finalBody)
 	if err != nil {
 		return fmt.Errorf("spool: write body: %w", err)
@@ -614,8 +615,11 @@ func (s *Spool) readMeta(dir string, id ID, op string) (*Message, error) {
 // getQueued reads the metadata of a message in the scheduler, from its
 // trailer alone while it has no metadata file.
 func (s *Spool) getQueued(it *item) (*Message, error) {
-	if it.metaFile {
+	switch {
+	case it.metaFile:
 		return s.Get(it.id)
+	case it.unread:
+		return s.loadUnread(it)
 	}
 	return metaResult(s.loadTrailer(it.id), "get")
 }
@@ -624,7 +628,8 @@ func metaResult(r metaRead, op string) (*Message, error) {
 	switch {
 	case r.readFail && errors.Is(r.err, fs.ErrNotExist), r.incomplete:
 		// A cut-short file is a Put still writing it, or one a crash cut
-		// short (Open cleans those up): not a queued message.
+		// short (its first attempt after a restart removes it): not a
+		// queued message.
 		return nil, fmt.Errorf("spool: %s %s: %w", op, r.id, ErrNotFound)
 	case r.err != nil:
 		return nil, fmt.Errorf("spool: %s %s: %w", op, r.id, r.err)
@@ -951,19 +956,18 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 		ids = append(ids, id)
 	}
 	snap.metas = nil
-	load := func(m *Message, metaFile bool) {
+	load := func(id ID, next time.Time, metaFile bool) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if _, known := s.items[m.ID]; known {
+		if _, known := s.items[id]; known {
 			return
 		}
-		next := m.NextAttempt
 		if s.flushLoading && next.After(s.now()) {
 			// `queue flush` arrived while the queue was loading.
 			next = s.now()
 		}
-		s.items[m.ID] = &item{id: m.ID, next: next, metaFile: metaFile}
-		heap.Push(&s.sched, s.items[m.ID])
+		s.items[id] = &item{id: id, next: next, metaFile: metaFile, unread: !metaFile}
+		heap.Push(&s.sched, s.items[id])
 		loaded++
 	}
 	loadQueued := func(id ID) metaRead { return s.loadMeta(dirQueue, id) }
@@ -974,6 +978,11 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 			return nil
 		}
 		name := string(id) + extMeta
+		// The body goes with its metadata file, whatever becomes of it
+		// here; what is left of body/ afterwards has no metadata file.
+		bodyName := string(id) + extBody
+		hasBody := bodies[bodyName]
+		delete(bodies, bodyName)
 		if r.readFail {
 			return fmt.Errorf("spool: read %s: %w", name, err)
 		}
@@ -987,8 +996,7 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 		if err != nil {
 			return s.quarantine(name, id, err)
 		}
-		bodyName := string(id) + extBody
-		if !bodies[bodyName] {
+		if !hasBody {
 			if failedBodies[bodyName] {
 				// A move to failed/ was interrupted after the body went.
 				if err := s.fs.Rename(s.path(dirQueue, name), s.path(dirFailed, name)); err != nil {
@@ -998,7 +1006,6 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 			}
 			return s.quarantine(name, id, fmt.Errorf("%w: body missing", ErrCorrupt))
 		}
-		delete(bodies, bodyName)
 		if len(m.Pending()) == 0 {
 			// Decided before a crash interrupted the clean-up.
 			if err := s.complete(m, true); err == nil {
@@ -1006,7 +1013,7 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 			}
 			// Leave it queued; a worker retries the clean-up.
 		}
-		load(m, true)
+		load(m.ID, m.NextAttempt, true)
 		return nil
 	})
 	if err != nil {
@@ -1014,7 +1021,12 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 	}
 
 	// The rest of body/: messages whose metadata is still at the end of
-	// their body file, and leftovers.
+	// their body file, and leftovers. Their trailers are not read here:
+	// that would read the whole queue once more at every start, while
+	// `queue list` and new mail want the disk and the cores, and each is
+	// read at its first attempt anyway (loadUnread). A message whose
+	// metadata was never changed is due since its Put, which its ID
+	// dates; so they go oldest first.
 	ids = ids[:0]
 	for name := range bodies {
 		id, ok := idFromName(name, extBody)
@@ -1028,35 +1040,36 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 		}
 		ids = append(ids, id)
 	}
-	bodies = nil
 	slices.SortFunc(ids, cmpID)
-	// No metadata file in the listing, taken under the lock before this
-	// process wrote anything: only the trailer counts.
-	err = s.readMetas(ids, s.loadTrailer, func(r metaRead) error {
-		id, name := r.id, string(r.id)+extBody
-		switch {
-		case r.readFail && errors.Is(r.err, fs.ErrNotExist):
-			return nil
-		case r.readFail:
-			return fmt.Errorf("spool: read %s: %w", name, r.err)
-		case r.incomplete:
-			// A Put that a crash interrupted before its trailer was
-			// whole: never acknowledged, so it must not be delivered.
-			err := s.fs.Remove(s.path(dirBody, name))
-			if err != nil {
-				err = fmt.Errorf("spool: remove body without metadata %s: %w", name, err)
-			} else {
-				err = fmt.Errorf("spool: removed body without metadata %s", name)
-			}
-			s.event(Event{Kind: EventRemovedTemp, ID: id, Err: err})
-			return nil
-		case r.err != nil:
-			return s.quarantine(string(id)+extMeta, id, r.err)
-		}
-		load(r.m, false)
-		return nil
-	})
-	return loaded, err
+	for _, id := range ids {
+		load(id, id.Time(), false)
+	}
+	return loaded, nil
+}
+
+// loadUnread reads, at its first attempt, the trailer of a message that
+// Open's recovery loaded without reading it. It was listed before this
+// process wrote anything, so a body file without a whole trailer is a Put
+// that a crash interrupted before it was acknowledged: it is removed, not
+// delivered.
+func (s *Spool) loadUnread(it *item) (*Message, error) {
+	r := s.loadTrailer(it.id)
+	if !r.incomplete {
+		it.unread = false
+		return metaResult(r, "get")
+	}
+	name := string(it.id) + extBody
+	err := s.fs.Remove(s.path(dirBody, name))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		err = nil
+	case err != nil:
+		err = fmt.Errorf("spool: remove body without metadata %s: %w", name, err)
+	default:
+		err = fmt.Errorf("spool: removed body without metadata %s", name)
+	}
+	s.event(Event{Kind: EventRemovedTemp, ID: it.id, Err: err})
+	return nil, fmt.Errorf("spool: get %s: %w", it.id, ErrNotFound)
 }
 
 func (s *Spool) nameSet(sub string) (map[string]bool, error) {
