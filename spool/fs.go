@@ -20,9 +20,9 @@ type FS interface {
 	Create(name string) (File, error)
 	Open(name string) (io.ReadCloser, error)
 	ReadFile(name string) ([]byte, error)
-	// ReadTail returns the last n bytes of a file (all of it when it is
-	// smaller) and the file's size.
-	ReadTail(name string, n int64) (tail []byte, size int64, err error)
+	// ReadTail reads the last len(buf) bytes of a file (all of it when it
+	// is smaller) into buf, and returns them and the file's size.
+	ReadTail(name string, buf []byte) (tail []byte, size int64, err error)
 	ReadDir(name string) ([]fs.DirEntry, error)
 	// ReadDirNames returns the names in a directory, in no particular
 	// order: cheaper than ReadDir for a queue of 100,000.
@@ -57,8 +57,8 @@ func (osFS) Open(name string) (io.ReadCloser, error) {
 	return openRegular(name, os.O_RDONLY, 0)
 }
 func (osFS) ReadFile(name string) ([]byte, error) { return readFile(name) }
-func (osFS) ReadTail(name string, n int64) ([]byte, int64, error) {
-	return readTail(name, n)
+func (osFS) ReadTail(name string, buf []byte) ([]byte, int64, error) {
+	return readTail(name, buf)
 }
 func (osFS) ReadDir(name string) ([]fs.DirEntry, error) { return os.ReadDir(name) }
 func (osFS) ReadDirNames(name string) ([]string, error) {

@@ -17,7 +17,7 @@ func openRegular(name string, flag int, perm uint32) (*os.File, error) {
 
 func readFile(name string) ([]byte, error) { return os.ReadFile(name) }
 
-func readTail(name string, n int64) ([]byte, int64, error) {
+func readTail(name string, buf []byte) ([]byte, int64, error) {
 	f, err := os.Open(name)
 	if err != nil {
 		return nil, 0, err
@@ -28,8 +28,8 @@ func readTail(name string, n int64) ([]byte, int64, error) {
 		return nil, 0, err
 	}
 	size := fi.Size()
-	n = min(n, size)
-	tail := make([]byte, n)
+	n := min(int64(len(buf)), size)
+	tail := buf[:n]
 	k, err := f.ReadAt(tail, size-n)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, 0, err

@@ -68,7 +68,7 @@ func readFile(name string) ([]byte, error) {
 // readTail reads the last n bytes of a file (all of it when it is
 // smaller) and returns them with the file's size: an open, an fstat, one
 // pread and a close.
-func readTail(name string, n int64) ([]byte, int64, error) {
+func readTail(name string, buf []byte) ([]byte, int64, error) {
 	fd, err := openForReading(name)
 	if err != nil {
 		return nil, 0, err
@@ -79,8 +79,8 @@ func readTail(name string, n int64) ([]byte, int64, error) {
 		return nil, 0, &fs.PathError{Op: "stat", Path: name, Err: err}
 	}
 	size := st.Size
-	n = min(n, size)
-	tail := make([]byte, n)
+	n := min(int64(len(buf)), size)
+	tail := buf[:n]
 	for got := int64(0); got < n; {
 		k, err := syscall.Pread(fd, tail[got:], size-n+got)
 		switch {

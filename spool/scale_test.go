@@ -89,9 +89,9 @@ type opCounter struct {
 	readDirs, metaReads, tailReads atomic.Int64
 }
 
-func (c *opCounter) ReadTail(name string, n int64) ([]byte, int64, error) {
+func (c *opCounter) ReadTail(name string, buf []byte) ([]byte, int64, error) {
 	c.tailReads.Add(1)
-	return c.FS.ReadTail(name, n)
+	return c.FS.ReadTail(name, buf)
 }
 
 func (c *opCounter) ReadDir(name string) ([]fs.DirEntry, error) {

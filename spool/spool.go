@@ -134,6 +134,7 @@ type Spool struct {
 	// upstream cannot be reached before then (see Deliverer).
 	pausedUntil time.Time
 	ops         sync.WaitGroup // Puts, Deletes and Run in progress; Close waits for them
+	tailBufs    sync.Pool      // *[]byte of trailerReadAhead bytes, for loadTrailer
 
 	// keyPaused holds back only the messages whose last attempt was
 	// refused with that pause key (one upstream among several); see
@@ -669,7 +670,15 @@ func (s *Spool) loadMeta(dir string, id ID) metaRead {
 // loadTrailer reads the metadata at the end of id's body file.
 func (s *Spool) loadTrailer(id ID) metaRead {
 	r := metaRead{id: id, fromTrailer: true}
-	data, state, err := readTrailer(s.fs, s.path(dirBody, string(id)+extBody))
+	// A buffer per read was most of what `queue list` of a large queue
+	// allocated; decoding copies what it keeps, so the buffer is reused.
+	buf, _ := s.tailBufs.Get().(*[]byte)
+	if buf == nil {
+		b := make([]byte, trailerReadAhead)
+		buf = &b
+	}
+	defer s.tailBufs.Put(buf)
+	data, state, err := readTrailer(s.fs, s.path(dirBody, string(id)+extBody), *buf)
 	switch {
 	case err != nil:
 		r.err, r.readFail = err, true

@@ -76,15 +76,16 @@ func parseTrailer(tail []byte, size int64) (metaJSON []byte, state trailerState,
 	return metaJSON, trailerOK, 0
 }
 
-// readTrailer reads the metadata JSON at the end of the body file name.
-func readTrailer(fsys FS, name string) ([]byte, trailerState, error) {
-	tail, size, err := fsys.ReadTail(name, trailerReadAhead)
+// readTrailer reads the metadata JSON at the end of the body file name,
+// into buf (trailerReadAhead bytes) if it fits: the result may be in buf.
+func readTrailer(fsys FS, name string, buf []byte) ([]byte, trailerState, error) {
+	tail, size, err := fsys.ReadTail(name, buf)
 	if err != nil {
 		return nil, 0, err
 	}
 	data, state, need := parseTrailer(tail, size)
 	if need > 0 {
-		if tail, size, err = fsys.ReadTail(name, need); err != nil {
+		if tail, size, err = fsys.ReadTail(name, make([]byte, need)); err != nil {
 			return nil, 0, err
 		}
 		if data, state, need = parseTrailer(tail, size); need > 0 {
