@@ -326,3 +326,36 @@ func mustEd25519(t *testing.T) crypto.Signer {
 	}
 	return k
 }
+
+// TestRefusedMessagesGiveBackTheirFiles: a message refused after it got
+// its queue id (here: unsigned, with signing required) gives the spool
+// back the empty file made ready for it; otherwise every refusal would
+// leave one in the spool until the next restart.
+func TestRefusedMessagesGiveBackTheirFiles(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	cfg := newTestConfig(t, ca, "127.0.0.1:1")
+	cfg.DKIM.Keys = []DKIMKey{{Domain: "example.com", Selector: "s1", KeyFile: writeKey(t, mustEd25519(t))}}
+	cfg.DKIM.Unsigned = "reject"
+	cfg.Policy.AllowedFromDomains = []string{"other.example.org"}
+	// Many messages from one sender, quickly: not what is tested here.
+	cfg.Limits.PerSender = RateLimit{Rate: Rate{Events: 6000, Per: time.Minute}, Burst: 1000}
+	cfg.Limits.PerClient = cfg.Limits.PerSender
+	cfg.Listen.MaxConnectionsPerClient = 1000
+	revalidate(t, cfg)
+	env := startRelay(t, cfg, nil)
+	body := strings.Replace(testBody, "From: app@example.com", "From: app@other.example.org", 1)
+	const refused = 2 * readyBodyFiles
+	for i := range refused {
+		if got := rawSubmit(t, env.addr, "app@example.com", "ops@example.net", false, []byte(body)); !strings.HasPrefix(got, "550 5.7.1 ") {
+			t.Fatalf("unsigned message %d: %q, want 550 5.7.1", i, got)
+		}
+	}
+	entries, err := os.ReadDir(filepath.Join(cfg.Spool.Dir, "body"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) > readyBodyFiles {
+		t.Errorf("%d files in body/ after %d refused messages and none accepted, want at most the %d kept ready", len(entries), refused, readyBodyFiles)
+	}
+}

@@ -130,6 +130,12 @@ func (s *session) Data(r io.Reader) error {
 	}
 
 	id := s.r.spool.NewID()
+	stored := false
+	defer func() {
+		if !stored {
+			s.r.spool.DiscardID(id)
+		}
+	}()
 	messageID := s.editHeader(h, id, start)
 	s.rewriteHeader(live, h) // before signing: the signature covers the new From
 	signer, err := signerFor(live, h, start)
@@ -179,6 +185,7 @@ func (s *session) Data(r io.Reader) error {
 	if err := s.r.spool.PutID(ctx, id, env, body, prefix); err != nil {
 		return s.dataFailed(err, counted.n)
 	}
+	stored = true
 	attrs := []slog.Attr{
 		slog.String("queue_id", string(id)),
 		slog.String("client_ip", env.ClientAddr),

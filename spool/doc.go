@@ -24,7 +24,8 @@
 //	corrupt/          quarantined files: metadata that could not be decoded, bodies
 //	                  that do not match their metadata, with the other file if any
 //
-// IDs are "20261127T111500-abcdefghij": UTC creation time to the second and
+// IDs are "20261127T111500-abcdefghij": UTC creation time to the second
+// (of the message's file, which a ready file has up to 30 s early) and
 // 50 random bits, so they sort by age, are safe as file names, and
 // [ParseID] refuses anything else (no "../x" ever reaches a path).
 //
@@ -41,7 +42,10 @@
 //     and Put returns
 //
 // One file and one directory per message: a Put costs one file fsync and a
-// share of one directory fsync. Readers may see the trailer before it is
+// share of one directory fsync. With Options.ReadyFiles (the relay's
+// setting), step 1 is done ahead: NewID names an empty file created and
+// made durable with others in one fsync of body/ (slots.go), step 2 is
+// skipped, and the Put costs the file's fsync alone. Readers may see the trailer before it is
 // durable. A crash before step 4 has finished can leave the footer cut
 // short or missing (the file is then an interrupted Put, removed at the
 // first attempt after Open, which loads such files by name without reading

@@ -18,6 +18,9 @@ type FS interface {
 	// exists: a message's files are new, and a name clash must never
 	// overwrite another message.
 	Create(name string) (File, error)
+	// OpenEmpty opens an existing file for writing and fails unless it
+	// is empty: a body file made ready before its message.
+	OpenEmpty(name string) (File, error)
 	Open(name string) (io.ReadCloser, error)
 	ReadFile(name string) ([]byte, error)
 	// ReadTail reads the last len(buf) bytes of a file (all of it when it
@@ -52,6 +55,20 @@ func (osFS) MkdirAll(path string, perm fs.FileMode) error { return os.MkdirAll(p
 // trying to put a regular file in the network poller.
 func (osFS) Create(name string) (File, error) {
 	return openRegular(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+}
+func (osFS) OpenEmpty(name string) (File, error) {
+	f, err := openRegular(name, os.O_WRONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || fi.Size() != 0 {
+		f.Close()
+		if err == nil {
+			err = &fs.PathError{Op: "open", Path: name, Err: errors.New("not empty")}
+		}
+		return nil, err
+	}
+	return f, nil
 }
 func (osFS) Open(name string) (io.ReadCloser, error) {
 	return openRegular(name, os.O_RDONLY, 0)

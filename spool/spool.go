@@ -64,6 +64,11 @@ type Options struct {
 	// it, so that `queue list` / `queue show` can look at the spool of a
 	// running server. Put, Delete and Run then fail with ErrReadOnly.
 	ReadOnly bool
+	// ReadyFiles is how many empty body files to keep created, with body/
+	// synced, for NewID to hand out (slots.go): a Put into one needs no
+	// fsync of body/ of its own. 0, the default, creates each file in
+	// its Put.
+	ReadyFiles int
 }
 
 const (
@@ -135,6 +140,7 @@ type Spool struct {
 	pausedUntil time.Time
 	ops         sync.WaitGroup // Puts, Deletes and Run in progress; Close waits for them
 	tailBufs    sync.Pool      // *[]byte of trailerReadAhead bytes, for loadTrailer
+	ready       *readyFiles    // nil without Options.ReadyFiles
 
 	// keyPaused holds back only the messages whose last attempt was
 	// refused with that pause key (one upstream among several); see
@@ -194,6 +200,12 @@ func Open(dir string, opts Options) (*Spool, error) {
 	if err != nil {
 		s.lock.Close()
 		return nil, err
+	}
+	if opts.ReadyFiles > 0 {
+		// After the snapshot: the recovery never sees these files.
+		s.ready = newReadyFiles(s, opts.ReadyFiles)
+		s.ops.Add(1)
+		go s.ready.run()
 	}
 	s.recovered = make(chan struct{})
 	s.ops.Add(1)
@@ -343,7 +355,25 @@ func (s *Spool) Put(ctx context.Context, env Envelope, body io.Reader) (ID, erro
 
 // NewID returns a fresh message id, for a caller that must name the
 // message inside its own body (the Received field) before it calls PutID.
-func (s *Spool) NewID() ID { return newID(s.now()) }
+// With Options.ReadyFiles it may name a file made ready for it: a caller
+// that will not call PutID says so with DiscardID.
+func (s *Spool) NewID() ID {
+	if s.ready != nil {
+		if id, ok := s.ready.take(s.now()); ok {
+			return id
+		}
+	}
+	return newID(s.now())
+}
+
+// DiscardID says that id, from NewID, will not be put (the message was
+// refused before PutID), so that its ready file serves another. It does
+// nothing after PutID, or for an id without a ready file.
+func (s *Spool) DiscardID(id ID) {
+	if s.ready != nil {
+		s.ready.giveBack(id)
+	}
+}
 
 // HeaderFunc returns header fields (each ending in CRLF) to put in front of
 // the body. It is called once the body has been read to its end.
@@ -373,8 +403,15 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 	// (trailer.go), created under its final name and fsynced once. A body
 	// file without a whole trailer is not a message (its first attempt after
 	// a restart removes it), so a temp name and a rename would only cost
-	// another directory operation.
-	f, err := s.fs.Create(finalBody)
+	// another directory operation. A file made ready for it (slots.go)
+	// exists already, durably.
+	ready := s.ready != nil && s.ready.claim(id)
+	var f File
+	if ready {
+		f, err = s.fs.OpenEmpty(finalBody)
+	} else {
+		f, err = s.fs.Create(finalBody)
+	}
 	if err != nil {
 		return fmt.Errorf("spool: write body: %w", err)
 	}
@@ -406,7 +443,11 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 	// the body's write-back here too with sync_file_range(2) was measured:
 	// no gain, so the one fsync after the trailer does it.)
 	dirSynced = make(chan error, 1)
-	go func() { dirSynced <- s.bodySync.sync() }()
+	if ready {
+		dirSynced <- nil
+	} else {
+		go func() { dirSynced <- s.bodySync.sync() }()
+	}
 	var prefix []byte
 	if header != nil {
 		if prefix, err = header(); err != nil {

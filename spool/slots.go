@@ -1,0 +1,196 @@
+package spool
+
+import (
+	"fmt"
+	"sync"
+	"time"
+)
+
+// A message's file is created under its final name, and the entry must be
+// durable before the 250: a Put that creates its file also waits for an
+// fsync of body/. With Options.ReadyFiles, the spool keeps that many empty
+// body files created and body/ synced ahead of the messages that will fill
+// them; NewID hands out the name of one, and PutID fills it and fsyncs the
+// file alone. A batch of creations then shares one directory fsync, made
+// off the submission's path.
+//
+// A ready file that is never filled is empty, which is what a Put cut
+// short before its first byte leaves: Close removes the ones left, and
+// after a crash they are removed as such at their first attempt.
+
+// maxReadyAge bounds how much older than its message a ready file's name
+// (its ID, which dates it) may be; older ones are replaced.
+const maxReadyAge = 30 * time.Second
+
+type readyFile struct {
+	id   ID
+	made time.Time
+}
+
+// readyFiles is the pool of ready files and the goroutine that refills it.
+type readyFiles struct {
+	s    *Spool
+	want int
+
+	mu     sync.Mutex
+	closed bool
+	ready  []readyFile   // created, and body/ synced since; oldest first
+	handed map[ID]bool   // given out by NewID, not yet claimed by PutID
+	stale  []ID          // to remove
+	refill chan struct{} // capacity 1
+}
+
+func newReadyFiles(s *Spool, want int) *readyFiles {
+	return &readyFiles{s: s, want: want, handed: map[ID]bool{}, refill: make(chan struct{}, 1)}
+}
+
+// take hands out the name of a ready file, if there is one.
+func (r *readyFiles) take(now time.Time) (ID, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return "", false
+	}
+	for len(r.ready) > 0 && now.Sub(r.ready[0].made) > maxReadyAge {
+		r.stale = append(r.stale, r.ready[0].id)
+		r.ready = r.ready[1:]
+	}
+	if len(r.ready) <= r.want/2 {
+		r.kick()
+	}
+	if len(r.ready) == 0 {
+		return "", false
+	}
+	id := r.ready[0].id
+	r.ready = r.ready[1:]
+	r.handed[id] = true
+	return id, true
+}
+
+// claim reports whether id names a ready file handed out by take, which
+// the caller now fills.
+func (r *readyFiles) claim(id ID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.handed[id] {
+		return false
+	}
+	delete(r.handed, id)
+	return true
+}
+
+// giveBack returns a handed-out file that will not be filled.
+func (r *readyFiles) giveBack(id ID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.handed[id] {
+		return
+	}
+	delete(r.handed, id)
+	if r.closed {
+		r.stale = append(r.stale, id)
+		return
+	}
+	// Made before the rest: it goes first, and ages out first.
+	r.ready = append([]readyFile{{id: id, made: id.Time()}}, r.ready...)
+}
+
+func (r *readyFiles) kick() {
+	select {
+	case r.refill <- struct{}{}:
+	default:
+	}
+}
+
+// run refills the pool until the spool closes, then removes the files
+// that were never filled.
+func (r *readyFiles) run() {
+	defer r.s.ops.Done()
+	r.kick()
+	for {
+		select {
+		case <-r.s.done:
+			r.mu.Lock()
+			r.closed = true
+			for _, f := range r.ready {
+				r.stale = append(r.stale, f.id)
+			}
+			for id := range r.handed {
+				r.stale = append(r.stale, id)
+			}
+			r.ready, r.handed = nil, map[ID]bool{}
+			r.mu.Unlock()
+			r.removeStale()
+			return
+		case <-r.refill:
+		}
+		r.removeStale()
+		if err := r.fill(); err != nil {
+			// Puts create their own files meanwhile, and report what
+			// fails for them.
+			r.s.event(Event{Kind: EventError, Err: fmt.Errorf("spool: prepare body files: %w", err)})
+		}
+	}
+}
+
+// removeStale removes files that aged out or were never filled. Nothing
+// is synced: if a crash undoes a removal, the file is an empty one, which
+// its first attempt removes again.
+func (r *readyFiles) removeStale() {
+	r.mu.Lock()
+	stale := r.stale
+	r.stale = nil
+	r.mu.Unlock()
+	for _, id := range stale {
+		r.s.fs.Remove(r.s.path(dirBody, string(id)+extBody))
+	}
+}
+
+// fill creates files until the pool holds want, then syncs body/ once for
+// all of them before they are handed out.
+func (r *readyFiles) fill() error {
+	r.mu.Lock()
+	n := r.want - len(r.ready)
+	r.mu.Unlock()
+	var made []readyFile
+	var err error
+	for range n {
+		now := r.s.now()
+		id := newID(now)
+		f, cerr := r.s.fs.Create(r.s.path(dirBody, string(id)+extBody))
+		if cerr != nil {
+			err = cerr
+			break
+		}
+		if cerr := f.Close(); cerr != nil {
+			r.mu.Lock()
+			r.stale = append(r.stale, id)
+			r.mu.Unlock()
+			err = cerr
+			break
+		}
+		made = append(made, readyFile{id: id, made: now})
+	}
+	if len(made) > 0 {
+		if serr := r.s.bodySync.sync(); serr != nil {
+			r.mu.Lock()
+			for _, f := range made {
+				r.stale = append(r.stale, f.id)
+			}
+			r.mu.Unlock()
+			return fmt.Errorf("sync body directory: %w", serr)
+		}
+	}
+	r.mu.Lock()
+	keep := 0
+	if !r.closed {
+		// Files given back meanwhile may have filled the pool.
+		keep = min(len(made), max(r.want-len(r.ready), 0))
+		r.ready = append(r.ready, made[:keep]...)
+	}
+	for _, f := range made[keep:] {
+		r.stale = append(r.stale, f.id)
+	}
+	r.mu.Unlock()
+	return err
+}

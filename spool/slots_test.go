@@ -1,0 +1,226 @@
+package spool
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// syncCounter counts file creations and fsyncs of body/.
+type syncCounter struct {
+	FS
+	creates, bodySyncs atomic.Int64
+}
+
+func (c *syncCounter) Create(name string) (File, error) {
+	c.creates.Add(1)
+	return c.FS.Create(name)
+}
+
+func (c *syncCounter) SyncDir(name string) error {
+	if filepath.Base(name) == dirBody {
+		c.bodySyncs.Add(1)
+	}
+	return c.FS.SyncDir(name)
+}
+
+// waitReady waits until s has n ready files.
+func waitReady(t *testing.T, s *Spool, n int) {
+	t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for {
+		s.ready.mu.Lock()
+		k := len(s.ready.ready)
+		s.ready.mu.Unlock()
+		if k >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d ready files, want %d", k, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestReadyFilesSpareTheDirectorySync: with ReadyFiles, a Put fills a
+// file that was created and made durable before it, so it neither creates
+// a file nor syncs body/ itself; the messages are whole and delivered, and
+// the ready files are neither listed nor left behind by Close.
+func TestReadyFilesSpareTheDirectorySync(t *testing.T) {
+	t.Parallel()
+	fsys := &syncCounter{FS: OSFS()}
+	te := newTestEnv(t, Options{FS: fsys, ReadyFiles: 4})
+	waitReady(t, te.s, 4)
+	creates, syncs := fsys.creates.Load(), fsys.bodySyncs.Load()
+	if syncs == 0 {
+		t.Fatal("ready files handed out before body/ was synced")
+	}
+	a := put(t, te.s, "Subject: a\r\n\r\none\r\n", "a@x")
+	b := put(t, te.s, "Subject: b\r\n\r\ntwo\r\n", "b@x")
+	if n := fsys.creates.Load() - creates; n != 0 {
+		t.Errorf("%d files created by two Puts into ready files, want 0", n)
+	}
+	if n := fsys.bodySyncs.Load() - syncs; n != 0 {
+		t.Errorf("%d syncs of body/ by two Puts into ready files, want 0", n)
+	}
+	list, err := te.s.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 2 {
+		t.Fatalf("List shows %d messages, want the 2 put (not the ready files)", len(list))
+	}
+	d := &deliverer{}
+	run(t, te.s, d)
+	te.ev.wait(t, EventDelivered, a)
+	te.ev.wait(t, EventDelivered, b)
+	for _, c := range d.Calls() {
+		if !strings.Contains(c.body, "Subject: ") {
+			t.Errorf("delivered %q", c.body)
+		}
+	}
+	if err := te.s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	assertEmptySpool(t, te.dir)
+}
+
+// TestReadyFileGivenBack: an id from NewID that is not put (the message
+// was refused) returns its file to the pool, and is never a message.
+func TestReadyFileGivenBack(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{ReadyFiles: 2})
+	waitReady(t, te.s, 2)
+	id := te.s.NewID()
+	if _, err := os.Stat(filepath.Join(te.dir, dirBody, string(id)+extBody)); err != nil {
+		t.Fatalf("NewID did not name a ready file: %v", err)
+	}
+	te.s.DiscardID(id)
+	if again := te.s.NewID(); again != id {
+		t.Errorf("NewID after DiscardID = %s, want the file given back, %s", again, id)
+	} else {
+		te.s.DiscardID(again)
+	}
+	if _, err := te.s.Get(id); err == nil {
+		t.Error("an empty ready file is a message to Get")
+	}
+	if err := te.s.Delete(id); err == nil {
+		t.Error("an empty ready file is a message to Delete")
+	}
+}
+
+// TestReadyFilesAgeOut: a ready file's name dates its message (IDs carry
+// their creation time), so one older than maxReadyAge is not handed out
+// but replaced.
+func TestReadyFilesAgeOut(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{ReadyFiles: 2})
+	waitReady(t, te.s, 2)
+	te.s.ready.mu.Lock()
+	old := []ID{te.s.ready.ready[0].id, te.s.ready.ready[1].id}
+	te.s.ready.mu.Unlock()
+	te.clock.Advance(maxReadyAge + time.Second)
+	id := te.s.NewID()
+	if id == old[0] || id == old[1] {
+		t.Fatalf("NewID handed out a file made %v before", maxReadyAge+time.Second)
+	}
+	if got, want := id.Time(), te.clock.Now().Truncate(time.Second); !got.Equal(want) {
+		t.Errorf("id dated %v, want now (%v)", got, want)
+	}
+	deadline := time.Now().Add(waitLimit)
+	for _, o := range old {
+		for {
+			if _, err := os.Stat(filepath.Join(te.dir, dirBody, string(o)+extBody)); os.IsNotExist(err) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("aged-out ready file %s still there", o)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+}
+
+// TestReadyFilesUnderConcurrentPuts: many Puts at once, more than there
+// are ready files: each gets a file of its own (a ready one or one it
+// creates), and every message is whole.
+func TestReadyFilesUnderConcurrentPuts(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{ReadyFiles: 4})
+	const n = 40
+	var wg sync.WaitGroup
+	ids := make([]ID, n)
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body := strings.Repeat("x", i) + "\r\n"
+			ids[i], errs[i] = te.s.Put(context.Background(), Envelope{From: "a@x", To: []string{"b@x"}}, strings.NewReader(body))
+		}()
+	}
+	wg.Wait()
+	seen := map[ID]bool{}
+	for i, id := range ids {
+		if errs[i] != nil {
+			t.Fatalf("Put %d: %v", i, errs[i])
+		}
+		if seen[id] {
+			t.Fatalf("two messages got id %s", id)
+		}
+		seen[id] = true
+		m, err := te.s.Get(id)
+		if err != nil {
+			t.Fatalf("Get %s: %v", id, err)
+		}
+		if m.Size != int64(i+2) {
+			t.Errorf("message %d: size %d, want %d", i, m.Size, i+2)
+		}
+	}
+}
+
+// TestReadyFilesAfterACrash: ready files a crash left (empty, never
+// filled) are not messages: the first attempt after the restart removes
+// them, nothing is delivered from them, and the message beside them is.
+func TestReadyFilesAfterACrash(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{ReadyFiles: 3})
+	waitReady(t, te.s, 3)
+	good := put(t, te.s, "Subject: kept\r\n\r\nbody\r\n", "a@x")
+	// A crash: the files stay as they are when the process dies, which
+	// Close would have cleaned up; copy the spool as it is now.
+	crashed := t.TempDir()
+	for _, sub := range []string{dirTmp, dirBody, dirQueue, dirFailed, dirCorrupt} {
+		if err := os.MkdirAll(filepath.Join(crashed, sub), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range files(t, te.dir, sub) {
+			data, err := os.ReadFile(filepath.Join(te.dir, sub, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, filepath.Join(crashed, sub, name), string(data))
+		}
+	}
+	left := len(files(t, crashed, dirBody))
+	if left < 3 {
+		t.Fatalf("%d files in body/, want the message and at least 2 ready files", left)
+	}
+	te2 := &testEnv{dir: crashed, clock: te.clock, ev: newEvents()}
+	s := te2.open(t, Options{})
+	d := &deliverer{}
+	run(t, s, d)
+	te2.ev.wait(t, EventDelivered, good)
+	for range left - 1 {
+		te2.ev.wait(t, EventRemovedTemp, "")
+	}
+	if calls := d.Calls(); len(calls) != 1 {
+		t.Errorf("%d deliveries, want the one message", len(calls))
+	}
+	assertEmptySpool(t, crashed)
+}
