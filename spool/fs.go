@@ -61,10 +61,10 @@ func (osFS) OpenEmpty(name string) (File, error) {
 	if err != nil {
 		return nil, err
 	}
-	if fi, err := f.Stat(); err != nil || fi.Size() != 0 {
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() || fi.Size() != 0 {
 		f.Close()
 		if err == nil {
-			err = &fs.PathError{Op: "open", Path: name, Err: errors.New("not empty")}
+			err = &fs.PathError{Op: "open", Path: name, Err: errors.New("not an empty regular file")}
 		}
 		return nil, err
 	}

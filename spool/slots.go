@@ -79,6 +79,12 @@ func (r *readyFiles) claim(id ID) bool {
 	return true
 }
 
+// drop removes a claimed file that could not be filled (an error path).
+func (r *readyFiles) drop(id ID) {
+	r.s.fs.Remove(r.s.path(dirBody, string(id)+extBody))
+	r.kick()
+}
+
 // giveBack returns a handed-out file that will not be filled.
 func (r *readyFiles) giveBack(id ID) {
 	r.mu.Lock()
@@ -107,6 +113,7 @@ func (r *readyFiles) kick() {
 func (r *readyFiles) run() {
 	defer r.s.ops.Done()
 	r.kick()
+	failing := false
 	for {
 		select {
 		case <-r.s.done:
@@ -125,11 +132,14 @@ func (r *readyFiles) run() {
 		case <-r.refill:
 		}
 		r.removeStale()
-		if err := r.fill(); err != nil {
-			// Puts create their own files meanwhile, and report what
-			// fails for them.
+		err := r.fill()
+		if err != nil && !failing {
+			// Once until it works again (a full disk would otherwise say
+			// so at every other message). Puts create their own files
+			// meanwhile, and report what fails for them.
 			r.s.event(Event{Kind: EventError, Err: fmt.Errorf("spool: prepare body files: %w", err)})
 		}
+		failing = err != nil
 	}
 }
 

@@ -2,11 +2,13 @@ package spool
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -223,4 +225,81 @@ func TestReadyFilesAfterACrash(t *testing.T) {
 		t.Errorf("%d deliveries, want the one message", len(calls))
 	}
 	assertEmptySpool(t, crashed)
+}
+
+// tailFailOnce fails the first trailer read of one file.
+type tailFailOnce struct {
+	FS
+	name   string
+	failed atomic.Bool
+}
+
+func (f *tailFailOnce) ReadTail(name string, buf []byte) ([]byte, int64, error) {
+	if filepath.Base(name) == f.name && f.failed.CompareAndSwap(false, true) {
+		return nil, 0, &os.PathError{Op: "read", Path: name, Err: syscall.EIO}
+	}
+	return f.FS.ReadTail(name, buf)
+}
+
+// TestUnreadFileLookedAtAgainAfterAReadError: a message loaded at Open
+// from its file name alone is checked at its first attempt; if that read
+// fails, the next attempt checks it again, so a Put cut short by a crash
+// is still removed, not forgotten with its file left behind.
+func TestUnreadFileLookedAtAgainAfterAReadError(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{})
+	te.s.Close()
+	id := newID(te.clock.Now().Add(-time.Minute))
+	name := string(id) + extBody
+	writeFile(t, filepath.Join(te.dir, dirBody, name), "Subject: x\r\n\r\nnever committed\r\n")
+	s := te.open(t, Options{FS: &tailFailOnce{FS: OSFS(), name: name}, Backoff: []time.Duration{time.Second}})
+	run(t, s, &deliverer{})
+	te.ev.wait(t, EventError, id)
+	te.clock.Advance(2 * time.Second)
+	s.Kick()
+	te.ev.wait(t, EventRemovedTemp, id)
+	if _, err := os.Stat(filepath.Join(te.dir, dirBody, name)); !os.IsNotExist(err) {
+		t.Errorf("the Put cut short is still in body/: %v", err)
+	}
+}
+
+// openEmptyFails fails the first OpenEmpty.
+type openEmptyFails struct {
+	FS
+	failed atomic.Bool
+}
+
+func (f *openEmptyFails) OpenEmpty(name string) (File, error) {
+	if f.failed.CompareAndSwap(false, true) {
+		return nil, &os.PathError{Op: "open", Path: name, Err: syscall.EMFILE}
+	}
+	return f.FS.OpenEmpty(name)
+}
+
+// TestReadyFilesNotLeftByFailedPuts: a Put that fails, before it fills
+// its ready file (no recipients) or while opening it, leaves no file
+// behind: the first goes back to the pool, the second is removed.
+func TestReadyFilesNotLeftByFailedPuts(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{FS: &openEmptyFails{FS: OSFS()}, ReadyFiles: 2})
+	waitReady(t, te.s, 2)
+	if _, err := te.s.Put(context.Background(), Envelope{From: "a@x"}, strings.NewReader("x\r\n")); err == nil {
+		t.Fatal("Put without recipients succeeded")
+	}
+	te.s.ready.mu.Lock()
+	handed := len(te.s.ready.handed)
+	te.s.ready.mu.Unlock()
+	if handed != 0 {
+		t.Errorf("%d ready files still handed out after a failed Put", handed)
+	}
+	id := te.s.NewID()
+	err := te.s.PutID(context.Background(), id, Envelope{From: "a@x", To: []string{"b@x"}}, strings.NewReader("x\r\n"), nil)
+	if !errors.Is(err, syscall.EMFILE) {
+		t.Fatalf("PutID: %v, want the open's error", err)
+	}
+	te.s.DiscardID(id)
+	if err := te.s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	assertEmptySpool(t, te.dir)
 }

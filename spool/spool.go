@@ -389,6 +389,9 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 		return err
 	}
 	defer s.ops.Done()
+	// A ready file named by id goes back to the pool if this returns
+	// before filling it (a no-op once claimed below).
+	defer s.DiscardID(id)
 	if len(env.To) == 0 {
 		return errors.New("spool: put: no recipients")
 	}
@@ -408,7 +411,9 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 	ready := s.ready != nil && s.ready.claim(id)
 	var f File
 	if ready {
-		f, err = s.fs.OpenEmpty(finalBody)
+		if f, err = s.fs.OpenEmpty(finalBody); err != nil {
+			s.ready.drop(id)
+		}
 	} else {
 		f, err = s.fs.Create(finalBody)
 	}
@@ -686,6 +691,7 @@ type metaRead struct {
 	err        error    // why m is nil: the read error, or the decoding error
 	readFail   bool     // err is the read's
 	incomplete bool     // a first write cut short: metadata (incompleteMeta) or a body file without a whole trailer
+	empty      bool     // incomplete, and an empty file
 	// fromTrailer: queue/ has no metadata file, so it came from the end of
 	// the body file (trailer.go).
 	fromTrailer bool
@@ -719,12 +725,12 @@ func (s *Spool) loadTrailer(id ID) metaRead {
 		buf = &b
 	}
 	defer s.tailBufs.Put(buf)
-	data, state, err := readTrailer(s.fs, s.path(dirBody, string(id)+extBody), *buf)
+	data, state, size, err := readTrailer(s.fs, s.path(dirBody, string(id)+extBody), *buf)
 	switch {
 	case err != nil:
 		r.err, r.readFail = err, true
 	case state == trailerAbsent:
-		r.err, r.incomplete = fmt.Errorf("%w: body file without its metadata", ErrCorrupt), true
+		r.err, r.incomplete, r.empty = fmt.Errorf("%w: body file without its metadata", ErrCorrupt), true, size == 0
 	case state == trailerDamaged:
 		r.err = fmt.Errorf("%w: the metadata at the end of the body file does not match its checksum", ErrCorrupt)
 	default:
@@ -1023,16 +1029,17 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 	loadQueued := func(id ID) metaRead { return s.loadMeta(dirQueue, id) }
 	err = s.readMetas(ids, loadQueued, func(r metaRead) error {
 		id, m, err := r.id, r.m, r.err
-		if r.fromTrailer {
-			// Listed in queue/ and gone since: not ours to judge here.
-			return nil
-		}
-		name := string(id) + extMeta
 		// The body goes with its metadata file, whatever becomes of it
 		// here; what is left of body/ afterwards has no metadata file.
 		bodyName := string(id) + extBody
 		hasBody := bodies[bodyName]
 		delete(bodies, bodyName)
+		if r.fromTrailer {
+			// Listed in queue/ and gone since (a Delete meanwhile, which
+			// removes the body first): not ours to judge here.
+			return nil
+		}
+		name := string(id) + extMeta
 		if r.readFail {
 			return fmt.Errorf("spool: read %s: %w", name, err)
 		}
@@ -1105,7 +1112,11 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 func (s *Spool) loadUnread(it *item) (*Message, error) {
 	r := s.loadTrailer(it.id)
 	if !r.incomplete {
-		it.unread = false
+		if !r.readFail {
+			// Looked at: from now on it is like any other message. After
+			// a read error it is looked at again at the next attempt.
+			it.unread = false
+		}
 		return metaResult(r, "get")
 	}
 	name := string(it.id) + extBody
@@ -1115,6 +1126,8 @@ func (s *Spool) loadUnread(it *item) (*Message, error) {
 		err = nil
 	case err != nil:
 		err = fmt.Errorf("spool: remove body without metadata %s: %w", name, err)
+	case r.empty:
+		err = fmt.Errorf("spool: removed empty body file %s (made ready for a message before a crash, or a submission cut off before its first byte)", name)
 	default:
 		err = fmt.Errorf("spool: removed body without metadata %s", name)
 	}

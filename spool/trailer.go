@@ -78,23 +78,24 @@ func parseTrailer(tail []byte, size int64) (metaJSON []byte, state trailerState,
 
 // readTrailer reads the metadata JSON at the end of the body file name,
 // into buf (trailerReadAhead bytes) if it fits: the result may be in buf.
-func readTrailer(fsys FS, name string, buf []byte) ([]byte, trailerState, error) {
+// It also returns the file's size.
+func readTrailer(fsys FS, name string, buf []byte) ([]byte, trailerState, int64, error) {
 	tail, size, err := fsys.ReadTail(name, buf)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	data, state, need := parseTrailer(tail, size)
 	if need > 0 {
 		if tail, size, err = fsys.ReadTail(name, make([]byte, need)); err != nil {
-			return nil, 0, err
+			return nil, 0, 0, err
 		}
 		if data, state, need = parseTrailer(tail, size); need > 0 {
 			// Shorter than a moment ago: body files never change once
 			// written, so this is not ours to trust.
-			return nil, trailerDamaged, nil
+			return nil, trailerDamaged, size, nil
 		}
 	}
-	return data, state, nil
+	return data, state, size, nil
 }
 
 // bodySum is the CRC-32C of a stored body, recorded in its metadata as
