@@ -49,6 +49,18 @@ func (e *events) record(ev Event) {
 	e.ch <- ev
 }
 
+// has reports whether an event of kind for id was recorded.
+func (e *events) has(kind string, id ID) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, ev := range e.all {
+		if ev.Kind == kind && ev.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
 func (e *events) kinds() []string {
 	e.mu.Lock()
 	defer e.mu.Unlock()

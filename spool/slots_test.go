@@ -255,9 +255,17 @@ func TestUnreadFileLookedAtAgainAfterAReadError(t *testing.T) {
 	s := te.open(t, Options{FS: &tailFailOnce{FS: OSFS(), name: name}, Backoff: []time.Duration{time.Second}})
 	run(t, s, &deliverer{})
 	te.ev.wait(t, EventError, id)
-	te.clock.Advance(2 * time.Second)
-	s.Kick()
-	te.ev.wait(t, EventRemovedTemp, id)
+	// The retry is scheduled a backoff after the attempt's end, which may
+	// come after the event: move time on until it has happened.
+	deadline := time.Now().Add(waitLimit)
+	for !te.ev.has(EventRemovedTemp, id) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s event for %s; saw %v", EventRemovedTemp, id, te.ev.kinds())
+		}
+		te.clock.Advance(2 * time.Second)
+		s.Kick()
+		time.Sleep(5 * time.Millisecond)
+	}
 	if _, err := os.Stat(filepath.Join(te.dir, dirBody, name)); !os.IsNotExist(err) {
 		t.Errorf("the Put cut short is still in body/: %v", err)
 	}
