@@ -66,16 +66,16 @@ type Relay struct {
 	dataReaders sync.Pool
 }
 
-// New checks everything that can be checked before serving — the upstream
-// secret can be read, the TLS configuration builds, the spool opens, every
-// address binds — so a bad setup fails at start with one clear error, not
-// at the first message.
 // readyBodyFiles is how many empty message files the spool keeps ready:
 // enough for a burst to find one while the next batch is made (one
 // directory fsync per batch), few enough that a crash leaves few empty
 // files to remove.
 const readyBodyFiles = 32
 
+// New checks everything that can be checked before serving — the upstream
+// secret can be read, the TLS configuration builds, the spool opens, every
+// address binds — so a bad setup fails at start with one clear error, not
+// at the first message.
 func New(cfg *Config, opts Options) (_ *Relay, err error) {
 	logger := opts.Logger
 	if logger == nil {

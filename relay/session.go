@@ -130,12 +130,9 @@ func (s *session) Data(r io.Reader) error {
 	}
 
 	id := s.r.spool.NewID()
-	stored := false
-	defer func() {
-		if !stored {
-			s.r.spool.DiscardID(id)
-		}
-	}()
+	// Gives back the file made ready for the message if it is refused
+	// before it is stored; nothing once PutID has been called.
+	defer s.r.spool.DiscardID(id)
 	messageID := s.editHeader(h, id, start)
 	s.rewriteHeader(live, h) // before signing: the signature covers the new From
 	signer, err := signerFor(live, h, start)
@@ -185,7 +182,6 @@ func (s *session) Data(r io.Reader) error {
 	if err := s.r.spool.PutID(ctx, id, env, body, prefix); err != nil {
 		return s.dataFailed(err, counted.n)
 	}
-	stored = true
 	attrs := []slog.Attr{
 		slog.String("queue_id", string(id)),
 		slog.String("client_ip", env.ClientAddr),

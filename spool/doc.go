@@ -44,18 +44,20 @@
 // One file and one directory per message: a Put costs one file fsync and a
 // share of one directory fsync. With Options.ReadyFiles (the relay's
 // setting), step 1 is done ahead: NewID names an empty file created and
-// made durable with others in one fsync of body/ (slots.go), step 2 is
-// skipped, and the Put costs the file's fsync alone. Readers may see the trailer before it is
-// durable. A crash before step 4 has finished can leave the footer cut
-// short or missing (the file is then an interrupted Put, removed at the
-// first attempt after Open, which loads such files by name without reading
-// them, so that a restart does not read the whole queue once more),
-// or whole after a body whose blocks did not all reach the disk: the
-// recorded length and sum tell that when the body is read, and such a
-// message, never acknowledged, is quarantined in corrupt/ before a
-// deliverer could end its data (verifiedBody). A footer whose metadata
-// fails its checksum is damage and is quarantined too. A Delete that finds
-// the message before Put has returned is carried out when Put ends.
+// made durable with others in one fsync of body/ (readyfiles.go), step 2
+// is skipped, and the Put costs the file's fsync alone.
+//
+// Readers may see the trailer before it is durable. A crash before step 4
+// has finished can leave the footer cut short or missing (the file is then
+// an interrupted Put, removed at the first attempt after Open, which loads
+// such files by name without reading them, so that a restart does not read
+// the whole queue once more), or whole after a body whose blocks did not
+// all reach the disk: the recorded length and sum tell that when the body
+// is read, and such a message, never acknowledged, is quarantined in
+// corrupt/ before a deliverer could end its data (verifiedBody). A footer
+// whose metadata fails its checksum is damage and is quarantined too. A
+// Delete that finds the message before Put has returned is carried out
+// when Put ends.
 //
 // After a delivery attempt that leaves recipients pending, the metadata is
 // written to queue/ atomically (tmp/, fsync, rename, fsync queue/); from

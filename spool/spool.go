@@ -65,7 +65,7 @@ type Options struct {
 	// running server. Put, Delete and Run then fail with ErrReadOnly.
 	ReadOnly bool
 	// ReadyFiles is how many empty body files to keep created, with body/
-	// synced, for NewID to hand out (slots.go): a Put into one needs no
+	// synced, for NewID to hand out (readyfiles.go): a Put into one needs no
 	// fsync of body/ of its own. 0, the default, creates each file in
 	// its Put.
 	ReadyFiles int
@@ -406,7 +406,7 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 	// (trailer.go), created under its final name and fsynced once. A body
 	// file without a whole trailer is not a message (its first attempt after
 	// a restart removes it), so a temp name and a rename would only cost
-	// another directory operation. A file made ready for it (slots.go)
+	// another directory operation. A file made ready for it (readyfiles.go)
 	// exists already, durably.
 	ready := s.ready != nil && s.ready.claim(id)
 	var f File
