@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 
 	"sealpost/spool"
@@ -42,7 +43,16 @@ func (r *Relay) spoolEvent(e spool.Event) {
 	switch e.Kind {
 	case spool.EventDeferred:
 		attrs = append(attrs, slog.Time("next_attempt", e.NextAttempt))
-	case spool.EventRemovedTemp, spool.EventCorrupt, spool.EventError:
+	case spool.EventRemovedTemp:
+		level := slog.LevelWarn
+		if errors.Is(e.Err, spool.ErrEmptyLeftover) {
+			// Expected after any crash (the files made ready for the
+			// next messages), and nothing of a message was in it.
+			level = slog.LevelInfo
+		}
+		r.log.LogAttrs(context.Background(), level, "spool: "+e.Kind, attrs...)
+		return
+	case spool.EventCorrupt, spool.EventError:
 		r.log.LogAttrs(context.Background(), slog.LevelWarn, "spool: "+e.Kind, attrs...)
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"sealpost/internal/fakeclock"
+	"sealpost/spool"
 
 	"github.com/emersion/go-smtp"
 
@@ -357,5 +359,47 @@ func TestRefusedMessagesGiveBackTheirFiles(t *testing.T) {
 	}
 	if len(entries) > readyBodyFiles {
 		t.Errorf("%d files in body/ after %d refused messages and none accepted, want at most the %d kept ready", len(entries), refused, readyBodyFiles)
+	}
+}
+
+// TestLeftoverFilesLoggedByWhatTheyHeld: after a crash, the empty files
+// made ready for messages are removed at info level (a crash always
+// leaves some, and nothing of a message was in them); a file with part of
+// a message in it and no metadata, a submission cut off, stays a warning.
+func TestLeftoverFilesLoggedByWhatTheyHeld(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	cfg := newTestConfig(t, ca, "127.0.0.1:1")
+	sp, err := spool.Open(cfg.Spool.Dir, spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	empty, cut := sp.NewID(), sp.NewID()
+	sp.Close()
+	for id, content := range map[spool.ID]string{empty: "", cut: "Subject: cut off\r\n\r\nhalf a bo"} {
+		if err := os.WriteFile(filepath.Join(cfg.Spool.Dir, "body", string(id)+".eml"), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := startRelay(t, cfg, nil)
+	levels := map[string]string{}
+	deadline := time.Now().Add(15 * time.Second)
+	for len(levels) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("removed-temp records for %v only; log:\n%s", levels, env.logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+		for _, line := range strings.Split(env.logs.String(), "\n") {
+			var rec map[string]any
+			if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "spool: removed-temp" {
+				levels[rec["queue_id"].(string)] = rec["level"].(string)
+			}
+		}
+	}
+	if got := levels[string(empty)]; got != "INFO" {
+		t.Errorf("empty leftover logged at %s, want INFO", got)
+	}
+	if got := levels[string(cut)]; got != "WARN" {
+		t.Errorf("cut-off submission logged at %s, want WARN", got)
 	}
 }

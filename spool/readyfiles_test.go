@@ -219,7 +219,9 @@ func TestReadyFilesAfterACrash(t *testing.T) {
 	run(t, s, d)
 	te2.ev.wait(t, EventDelivered, good)
 	for range left - 1 {
-		te2.ev.wait(t, EventRemovedTemp, "")
+		if ev := te2.ev.wait(t, EventRemovedTemp, ""); !errors.Is(ev.Err, ErrEmptyLeftover) {
+			t.Errorf("removed-temp for a ready file: %v, want ErrEmptyLeftover", ev.Err)
+		}
 	}
 	if calls := d.Calls(); len(calls) != 1 {
 		t.Errorf("%d deliveries, want the one message", len(calls))

@@ -40,6 +40,11 @@ var (
 	ErrClosed = errors.New("spool: closed")
 	// ErrReadOnly is returned by operations that write, on a spool opened ReadOnly.
 	ErrReadOnly = errors.New("spool: opened read-only")
+	// ErrEmptyLeftover is wrapped by the Err of an EventRemovedTemp for an
+	// empty body file: one made ready that a crash left unused, or a
+	// submission cut off before its first byte. Nothing of a message was
+	// in it; a crash leaves up to Options.ReadyFiles of them.
+	ErrEmptyLeftover = errors.New("spool: removed an empty body file")
 )
 
 // Options configure a Spool. The zero value is usable.
@@ -1127,7 +1132,7 @@ func (s *Spool) loadUnread(it *item) (*Message, error) {
 	case err != nil:
 		err = fmt.Errorf("spool: remove body without metadata %s: %w", name, err)
 	case r.empty:
-		err = fmt.Errorf("spool: removed empty body file %s (made ready for a message before a crash, or a submission cut off before its first byte)", name)
+		err = fmt.Errorf("%w %s (made ready for a message before a crash, or a submission cut off before its first byte)", ErrEmptyLeftover, name)
 	default:
 		err = fmt.Errorf("spool: removed body without metadata %s", name)
 	}
