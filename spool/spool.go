@@ -661,7 +661,7 @@ func (s *Spool) readMeta(dir string, id ID, op string) (*Message, error) {
 	if _, err := ParseID(string(id)); err != nil {
 		return nil, err
 	}
-	return metaResult(s.loadMeta(dir, id), op)
+	return metaResult(s.loadMeta(dir, id, decodeMessage), op)
 }
 
 // getQueued reads the metadata of a message in the scheduler, from its
@@ -673,7 +673,7 @@ func (s *Spool) getQueued(it *item) (*Message, error) {
 	case it.unread:
 		return s.loadUnread(it)
 	}
-	return metaResult(s.loadTrailer(it.id), "get")
+	return metaResult(s.loadTrailer(it.id, decodeMessage), "get")
 }
 
 func metaResult(r metaRead, op string) (*Message, error) {
@@ -704,23 +704,23 @@ type metaRead struct {
 
 // loadMeta reads and decodes dir/id's metadata. In queue/, a message that
 // has no metadata file yet has it at the end of its body file.
-func (s *Spool) loadMeta(dir string, id ID) metaRead {
+func (s *Spool) loadMeta(dir string, id ID, decode decoder) metaRead {
 	r := metaRead{id: id}
 	data, err := s.fs.ReadFile(s.path(dir, string(id)+extMeta))
 	if err != nil {
 		if dir == dirQueue && errors.Is(err, fs.ErrNotExist) {
-			return s.loadTrailer(id)
+			return s.loadTrailer(id, decode)
 		}
 		r.err, r.readFail = err, true
 		return r
 	}
-	r.m, r.err = decodeMessage(data, id)
+	r.m, r.err = decode(data, id)
 	r.incomplete = r.err != nil && incompleteMeta(data)
 	return r
 }
 
 // loadTrailer reads the metadata at the end of id's body file.
-func (s *Spool) loadTrailer(id ID) metaRead {
+func (s *Spool) loadTrailer(id ID, decode decoder) metaRead {
 	r := metaRead{id: id, fromTrailer: true}
 	// A buffer per read was most of what `queue list` of a large queue
 	// allocated; decoding copies what it keeps, so the buffer is reused.
@@ -739,7 +739,7 @@ func (s *Spool) loadTrailer(id ID) metaRead {
 	case state == trailerDamaged:
 		r.err = fmt.Errorf("%w: the metadata at the end of the body file does not match its checksum", ErrCorrupt)
 	default:
-		r.m, r.err = decodeMessage(data, id)
+		r.m, r.err = decode(data, id)
 	}
 	return r
 }
@@ -784,7 +784,8 @@ func (m *storedMessage) Close() error { return m.body.Close() }
 
 // List returns the active queue, sorted by ID (oldest first). It reads the
 // disk, so it also works ReadOnly; entries that vanish or cannot be decoded
-// meanwhile are skipped (Open and Run quarantine the latter).
+// meanwhile are skipped (Open and Run quarantine the latter). As with Walk,
+// the messages come without their Header; Get has it.
 func (s *Spool) List() ([]*Message, error) {
 	var out []*Message
 	err := s.Walk(func(m *Message) error {
@@ -805,7 +806,9 @@ const walkChunk = 512
 // Walk calls fn with every queued message, in ID order (oldest first), as
 // List would return them, without holding them all: `queue list` of a
 // large queue streams instead of building a list first. An error from fn
-// ends the walk and is returned.
+// ends the walk and is returned. The messages come without their Header
+// (the DKIM signature: most of the metadata, and no listing shows it);
+// Get has it.
 func (s *Spool) Walk(fn func(*Message) error) error {
 	if err := s.waitRecovered(); err != nil {
 		return err
@@ -838,11 +841,11 @@ func (s *Spool) Walk(fn func(*Message) error) error {
 	ids = slices.Compact(ids)
 	load := func(id ID) metaRead {
 		if withMeta[id] {
-			return s.loadMeta(dirQueue, id)
+			return s.loadMeta(dirQueue, id, decodeListing)
 		}
 		// No metadata file when queue/ was listed: its trailer is its
 		// metadata, without asking queue/ for a file first.
-		return s.loadTrailer(id)
+		return s.loadTrailer(id, decodeListing)
 	}
 	return s.readMetas(ids, load, func(r metaRead) error {
 		if r.m == nil {
@@ -1031,7 +1034,7 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 		heap.Push(&s.sched, s.items[id])
 		loaded++
 	}
-	loadQueued := func(id ID) metaRead { return s.loadMeta(dirQueue, id) }
+	loadQueued := func(id ID) metaRead { return s.loadMeta(dirQueue, id, decodeMessage) }
 	err = s.readMetas(ids, loadQueued, func(r metaRead) error {
 		id, m, err := r.id, r.m, r.err
 		// The body goes with its metadata file, whatever becomes of it
@@ -1115,7 +1118,7 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 // that a crash interrupted before it was acknowledged: it is removed, not
 // delivered.
 func (s *Spool) loadUnread(it *item) (*Message, error) {
-	r := s.loadTrailer(it.id)
+	r := s.loadTrailer(it.id, decodeMessage)
 	if !r.incomplete {
 		if !r.readFail {
 			// Looked at: from now on it is like any other message. After

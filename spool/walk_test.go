@@ -1,10 +1,12 @@
 package spool
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -161,5 +163,66 @@ func TestReadFileSizes(t *testing.T) {
 	}
 	if _, err := (osFS{}).ReadFile(filepath.Join(dir, "missing")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("ReadFile of a missing file: %v, want fs.ErrNotExist", err)
+	}
+}
+
+// TestWalkLeavesOutTheHeader: a listing skips the Header (the DKIM
+// signature, most of each message's metadata) and keeps the rest; Get
+// still has it, from the trailer and from a metadata file alike.
+func TestWalkLeavesOutTheHeader(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{})
+	const header = "DKIM-Signature: v=1; a=rsa-sha256; b=c2lnbmF0dXJl\r\n"
+	put := func() ID {
+		id := te.s.NewID()
+		err := te.s.PutID(context.Background(), id, Envelope{From: "app@example.com", To: []string{"a@x", "b@x"}},
+			strings.NewReader("Subject: s\r\n\r\nbody\r\n"), func() ([]byte, error) { return []byte(header), nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	inTrailer, inFile := put(), put()
+	// A metadata file, as after an attempt that left a recipient pending.
+	m, err := te.s.Get(inFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Attempts = 1
+	if err := te.s.writeMeta(m, dirQueue, te.s.queueSync); err != nil {
+		t.Fatal(err)
+	}
+	list, err := te.s.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 2 {
+		t.Fatalf("listed %d, want 2", len(list))
+	}
+	for _, l := range list {
+		g, err := te.s.Get(l.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Header != "" {
+			t.Errorf("%s listed with its Header %q", l.ID, l.Header)
+		}
+		if g.Header != header {
+			t.Errorf("%s: Get has Header %q, want %q", l.ID, g.Header, header)
+		}
+		g.Header = ""
+		if !reflect.DeepEqual(l, g) {
+			t.Errorf("%s listed as %+v, want what Get has but the Header: %+v", l.ID, l, g)
+		}
+	}
+	attempts := map[ID]int{}
+	for _, l := range list {
+		attempts[l.ID] = l.Attempts
+	}
+	if a, ok := attempts[inTrailer]; !ok || a != 0 {
+		t.Errorf("message with its metadata in the trailer: listed %v, attempts %d; want listed, 0", ok, a)
+	}
+	if a, ok := attempts[inFile]; !ok || a != 1 {
+		t.Errorf("message with a metadata file: listed %v, attempts %d; want listed, 1 (the file's)", ok, a)
 	}
 }
