@@ -2,6 +2,7 @@ package spool
 
 import (
 	"bytes"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -26,6 +27,12 @@ func FuzzDecodeMessage(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(b)
+	signed := *good
+	signed.Header, signed.Size = "DKIM-Signature: v=1; b=c2ln\r\n", 72
+	if b, err = encodeMessage(&signed); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`null`))
 	f.Add([]byte(`{"ID":"../../etc/passwd","Rcpts":[{"Addr":"a","State":"pending"}]}`))
@@ -41,6 +48,16 @@ func FuzzDecodeMessage(f *testing.F) {
 		}
 		if _, err := ParseID(string(m.ID)); err != nil {
 			t.Fatalf("accepted invalid id %q", m.ID)
+		}
+		// A listing shows what delivery would read, but the Header.
+		listed, err := decodeListing(data, "")
+		if err != nil {
+			t.Fatalf("decodes, but not for a listing: %v", err)
+		}
+		whole := *m
+		whole.Header = ""
+		if !reflect.DeepEqual(*listed, whole) {
+			t.Fatalf("listed as %+v, decoded as %+v", *listed, whole)
 		}
 		enc1, err := encodeMessage(m)
 		if err != nil {

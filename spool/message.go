@@ -127,7 +127,7 @@ func decodeMessage(data []byte, want ID) (*Message, error) {
 
 // decodeListing is decodeMessage for a listing: the Header (the DKIM
 // signature, most of the metadata) is skipped, not unquoted and copied.
-// A listing of 100,000 messages takes 7 % less time.
+// (`queue list` of 100,000: 1.56–1.76 s before, 1.42–1.51 s after.)
 func decodeListing(data []byte, want ID) (*Message, error) {
 	var listed struct {
 		Message
