@@ -153,7 +153,7 @@ func newMetrics(r *Relay) *metrics {
 	m.lastReloadOK.SetToCurrentTime()
 	m.backoffSkips = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "sealpost_upstream_backoff_deferrals_total",
-		Help: "Deliveries put off without a connection because the upstream is in a backoff pause after a failure.",
+		Help: "Delivery attempts put off without a connection because the upstream is in a backoff pause after a failure (with one upstream, the first such attempt holds back the whole queue, so this counts attempts, not waiting messages).",
 	})
 	m.reg.MustRegister(m.latency, m.transaction, m.lastReached, m.lastReloadOK, m.backoffSkips)
 
