@@ -65,9 +65,9 @@ func readFile(name string) ([]byte, error) {
 	}
 }
 
-// readTail reads the last n bytes of a file (all of it when it is
-// smaller) and returns them with the file's size: an open, an fstat, one
-// pread and a close.
+// readTail reads the last len(buf) bytes of a file (all of it when it is
+// smaller) into buf and returns them with the file's size: an open, an
+// fstat, one pread and a close.
 func readTail(name string, buf []byte) ([]byte, int64, error) {
 	fd, err := openForReading(name)
 	if err != nil {

@@ -452,10 +452,8 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 	// where the file's entry exists since the create, is synced. (Starting
 	// the body's write-back here too with sync_file_range(2) was measured:
 	// no gain, so the one fsync after the trailer does it.)
-	dirSynced = make(chan error, 1)
-	if ready {
-		dirSynced <- nil
-	} else {
+	if !ready {
+		dirSynced = make(chan error, 1)
 		go func() { dirSynced <- s.bodySync.sync() }()
 	}
 	var prefix []byte
@@ -496,10 +494,12 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 	// out when the Put ends instead of being undone by it.
 	it := s.reserve(id)
 	err = s.writeTrailer(f, data)
-	dirErr := <-dirSynced
-	dirSynced = nil
-	if err == nil && dirErr != nil {
-		err = fmt.Errorf("spool: sync body directory: %w", dirErr)
+	if dirSynced != nil {
+		dirErr := <-dirSynced
+		dirSynced = nil
+		if err == nil && dirErr != nil {
+			err = fmt.Errorf("spool: sync body directory: %w", dirErr)
+		}
 	}
 	if err == nil {
 		// Close reports write-back errors on some file systems (NFS); not
