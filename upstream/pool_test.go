@@ -270,50 +270,70 @@ func TestPoolConcurrentFailuresAreOne(t *testing.T) {
 	}
 }
 
+// hangingDeadPool is a pool over a dead upstream (every dial is refused)
+// whose hang-th dial hangs until release is closed: a dial or TLS
+// handshake that lasts until its timeout. Its clock moves by advance.
+type hangingDeadPool struct {
+	p                *upstream.Pool
+	calls            atomic.Int32
+	started, release chan struct{}
+	mu               sync.Mutex
+	now              time.Time
+}
+
+func newHangingDeadPool(t *testing.T, hang int32, backoff ...time.Duration) *hangingDeadPool {
+	t.Helper()
+	f := newUpstream(t, upstreamtest.Options{TLS: upstreamtest.TLSStartTLS, Users: map[string]string{user: password}})
+	cfg := f.config(t, "starttls")
+	h := &hangingDeadPool{started: make(chan struct{}), release: make(chan struct{}), now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if h.calls.Add(1) == hang {
+			close(h.started)
+			<-h.release
+		}
+		return nil, errors.New("connection refused (test)")
+	}
+	h.p = upstream.NewPool(newClient(t, cfg), upstream.PoolConfig{MaxConnections: 2, Backoff: backoff, Now: h.clock})
+	t.Cleanup(h.p.Close)
+	return h
+}
+
+func (h *hangingDeadPool) clock() time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.now
+}
+
+func (h *hangingDeadPool) advance(d time.Duration) {
+	h.mu.Lock()
+	h.now = h.now.Add(d)
+	h.mu.Unlock()
+}
+
 // TestPoolSlowFailureDuringPause: a dial that began before another's
 // failure started the pause, and fails only after the pause is over (a
 // TLS handshake or AUTH that hung until its timeout), does not lengthen
 // it: the next delivery is the probe, not a fast failure.
 func TestPoolSlowFailureDuringPause(t *testing.T) {
 	t.Parallel()
-	f := newUpstream(t, upstreamtest.Options{TLS: upstreamtest.TLSStartTLS, Users: map[string]string{user: password}})
-	cfg := f.config(t, "starttls")
-	slowStarted, releaseSlow := make(chan struct{}), make(chan struct{})
-	var calls atomic.Int32
-	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		if calls.Add(1) == 1 {
-			close(slowStarted)
-			<-releaseSlow
-		}
-		return nil, errors.New("connection refused (test)")
-	}
-	var mu sync.Mutex
-	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	p := upstream.NewPool(newClient(t, cfg), upstream.PoolConfig{
-		MaxConnections: 2,
-		Backoff:        []time.Duration{time.Minute, 5 * time.Minute},
-		Now:            clock,
-	})
-	defer p.Close()
+	h := newHangingDeadPool(t, 1, time.Minute, 5*time.Minute)
+	p := h.p
 
 	slow := make(chan error, 1)
 	go func() { _, err := poolDeliver(t, p, "a@example.org"); slow <- err }()
-	<-slowStarted
+	<-h.started
 	if _, err := poolDeliver(t, p, "b@example.org"); err == nil {
 		t.Fatal("a delivery to a dead upstream succeeded")
 	}
-	mu.Lock()
-	now = now.Add(2 * time.Minute) // the first pause is over
-	mu.Unlock()
-	close(releaseSlow)
+	h.advance(2 * time.Minute) // the first pause is over
+	close(h.release)
 	<-slow
 	_, err := poolDeliver(t, p, "c@example.org")
 	var be *upstream.BackoffError
 	if errors.As(err, &be) {
 		t.Fatalf("after the slow dial failed: %v; want the probe of the next interval, not a longer pause", err)
 	}
-	if n := calls.Load(); n != 3 {
+	if n := h.calls.Load(); n != 3 {
 		t.Errorf("%d dials, want 3 (slow, fast, probe)", n)
 	}
 }
@@ -337,39 +357,19 @@ func TestPoolRetryNowOutlivesDialInFlight(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			f := newUpstream(t, upstreamtest.Options{TLS: upstreamtest.TLSStartTLS, Users: map[string]string{user: password}})
-			cfg := f.config(t, "starttls")
-			slowStarted, releaseSlow := make(chan struct{}), make(chan struct{})
-			var calls atomic.Int32
-			cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-				if calls.Add(1) == 2 {
-					close(slowStarted)
-					<-releaseSlow
-				}
-				return nil, errors.New("connection refused (test)")
-			}
-			var mu sync.Mutex
-			now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-			clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-			p := upstream.NewPool(newClient(t, cfg), upstream.PoolConfig{
-				MaxConnections: 2,
-				Backoff:        []time.Duration{time.Minute, time.Hour},
-				Now:            clock,
-			})
-			defer p.Close()
+			h := newHangingDeadPool(t, 2, time.Minute, time.Hour)
+			p := h.p
 
 			if _, err := poolDeliver(t, p, "a@example.org"); err == nil {
 				t.Fatal("a delivery to a dead upstream succeeded")
 			}
-			mu.Lock()
-			now = now.Add(2 * time.Minute) // the first pause is over: the next delivery probes
-			mu.Unlock()
+			h.advance(2 * time.Minute) // the first pause is over: the next delivery probes
 			probe := make(chan error, 1)
 			go func() { _, err := poolDeliver(t, p, "b@example.org"); probe <- err }()
-			<-slowStarted
+			<-h.started
 			p.RetryNow() // the operator: the upstream is back
 			if tc.probeFailsFirst {
-				close(releaseSlow)
+				close(h.release)
 				<-probe
 			}
 			_, err := poolDeliver(t, p, "c@example.org")
@@ -378,10 +378,10 @@ func TestPoolRetryNowOutlivesDialInFlight(t *testing.T) {
 				t.Fatalf("after RetryNow: %v; want a dial, not a pause", err)
 			}
 			if !tc.probeFailsFirst {
-				close(releaseSlow)
+				close(h.release)
 				<-probe
 			}
-			if n := calls.Load(); n != 3 {
+			if n := h.calls.Load(); n != 3 {
 				t.Errorf("%d dials, want 3 (first, the probe, the one after the flush)", n)
 			}
 		})
