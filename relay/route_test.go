@@ -209,30 +209,12 @@ func TestPacingUnderABurst(t *testing.T) {
 	revalidate(t, cfg)
 
 	clock := fakeclock.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
-	logs := &syncBuffer{}
-	log := NewLogger(logs, cfg.Log)
-	rt, err := newRouter(cfg, log, clock.Now, func() []RouteConfig { return cfg.Routes })
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(rt.close)
-	sp, err := spool.Open(t.TempDir(), spool.Options{Workers: 4, Now: clock.Now, Backoff: []time.Duration{time.Hour}, MaxAge: 24 * time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, sp := routedSpool(t, cfg, clock, 4)
 	const burst = 8
 	for range burst {
 		putMsg(t, sp, "news@bulk.example.com")
 	}
-	d := &routingDeliverer{rt: rt, audit: newAuditLog(log), log: log, hardStop: context.Background()}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sp.Run(ctx, d) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		sp.Close()
-	})
+	runDeliveries(t, sp, d)
 
 	for i := 1; i <= burst; i++ {
 		slowUp.Expect(t, i)
@@ -269,6 +251,37 @@ func TestPacingUnderABurst(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// routedSpool builds cfg's router and its spool Deliverer, and a spool with
+// workers on clock (one retry interval, an hour): the delivery loop
+// without the SMTP side.
+func routedSpool(t *testing.T, cfg *Config, clock *fakeclock.Clock, workers int) (*routingDeliverer, *spool.Spool) {
+	t.Helper()
+	log := NewLogger(&syncBuffer{}, cfg.Log)
+	rt, err := newRouter(cfg, log, clock.Now, func() []RouteConfig { return cfg.Routes })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rt.close)
+	sp, err := spool.Open(t.TempDir(), spool.Options{Workers: workers, Now: clock.Now, Backoff: []time.Duration{time.Hour}, MaxAge: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &routingDeliverer{rt: rt, audit: newAuditLog(log), log: log, hardStop: context.Background()}, sp
+}
+
+// runDeliveries runs sp's delivery loop with d until the test ends.
+func runDeliveries(t *testing.T, sp *spool.Spool, d spool.Deliverer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sp.Run(ctx, d) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		sp.Close()
+	})
 }
 
 func putMsg(t *testing.T, sp *spool.Spool, from string) {
@@ -409,29 +422,13 @@ func TestOnlyUpstreamPauseHoldsTheQueue(t *testing.T) {
 	ca := certstest.NewCA(t)
 	cfg := newTestConfig(t, ca, closedAddr(t))
 	clock := fakeclock.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
-	log := NewLogger(&syncBuffer{}, cfg.Log)
-	rt, err := newRouter(cfg, log, clock.Now, func() []RouteConfig { return cfg.Routes })
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(rt.close)
 	const workers, queued = 4, 40
-	sp, err := spool.Open(t.TempDir(), spool.Options{Workers: workers, Now: clock.Now, Backoff: []time.Duration{time.Hour}, MaxAge: 24 * time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
+	routing, sp := routedSpool(t, cfg, clock, workers)
 	for range queued {
 		putMsg(t, sp, "app@example.com")
 	}
-	d := &countingDeliverer{Deliverer: &routingDeliverer{rt: rt, audit: newAuditLog(log), log: log, hardStop: context.Background()}}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sp.Run(ctx, d) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		sp.Close()
-	})
+	d := &countingDeliverer{Deliverer: routing}
+	runDeliveries(t, sp, d)
 
 	// Wait until the attempts stop: fake time stands still, so the
 	// backoff does not end.
