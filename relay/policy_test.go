@@ -239,15 +239,22 @@ func TestHeaderEdits(t *testing.T) {
 	}
 }
 
-func TestUnsignedMessageRefusedWhenKeysExist(t *testing.T) {
-	t.Parallel()
-	ca := certstest.NewCA(t)
-	cfg := newTestConfig(t, ca, "127.0.0.1:1")
+// unsignedRefusedConfig is a configuration that signs for example.com
+// only and refuses unsigned mail, and a body From a domain it allows but
+// has no key for: refused after the message got its queue id.
+func unsignedRefusedConfig(t *testing.T) (cfg *Config, body string) {
+	t.Helper()
+	cfg = newTestConfig(t, certstest.NewCA(t), "127.0.0.1:1")
 	cfg.DKIM.Keys = []DKIMKey{{Domain: "example.com", Selector: "s1", KeyFile: writeKey(t, mustEd25519(t))}}
 	cfg.DKIM.Unsigned = "reject"
 	cfg.Policy.AllowedFromDomains = []string{"other.example.org"}
+	return cfg, strings.Replace(testBody, "From: app@example.com", "From: app@other.example.org", 1)
+}
+
+func TestUnsignedMessageRefusedWhenKeysExist(t *testing.T) {
+	t.Parallel()
+	cfg, body := unsignedRefusedConfig(t)
 	env := startRelay(t, cfg, nil)
-	body := strings.Replace(testBody, "From: app@example.com", "From: app@other.example.org", 1)
 	got := rawSubmit(t, env.addr, "app@example.com", "ops@example.net", false, []byte(body))
 	if !strings.HasPrefix(got, "550 5.7.1 ") || !strings.Contains(got, "dkim-no-key") {
 		t.Errorf("unsigned message: %q, want 550 5.7.1 (dkim-no-key)", got)
@@ -335,18 +342,13 @@ func mustEd25519(t *testing.T) crypto.Signer {
 // leave one in the spool until the next restart.
 func TestRefusedMessagesGiveBackTheirFiles(t *testing.T) {
 	t.Parallel()
-	ca := certstest.NewCA(t)
-	cfg := newTestConfig(t, ca, "127.0.0.1:1")
-	cfg.DKIM.Keys = []DKIMKey{{Domain: "example.com", Selector: "s1", KeyFile: writeKey(t, mustEd25519(t))}}
-	cfg.DKIM.Unsigned = "reject"
-	cfg.Policy.AllowedFromDomains = []string{"other.example.org"}
+	cfg, body := unsignedRefusedConfig(t)
 	// Many messages from one sender, quickly: not what is tested here.
 	cfg.Limits.PerSender = RateLimit{Rate: Rate{Events: 6000, Per: time.Minute}, Burst: 1000}
 	cfg.Limits.PerClient = cfg.Limits.PerSender
 	cfg.Listen.MaxConnectionsPerClient = 1000
 	revalidate(t, cfg)
 	env := startRelay(t, cfg, nil)
-	body := strings.Replace(testBody, "From: app@example.com", "From: app@other.example.org", 1)
 	const refused = 2 * readyBodyFiles
 	for i := range refused {
 		if got := rawSubmit(t, env.addr, "app@example.com", "ops@example.net", false, []byte(body)); !strings.HasPrefix(got, "550 5.7.1 ") {
