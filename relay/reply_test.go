@@ -52,17 +52,21 @@ func TestDataReply(t *testing.T) {
 	}
 }
 
-// failingFS fails every file creation, as a full or read-only disk would.
+// failingFS fails every file creation and every opening for writing, as a
+// full or read-only disk would. (It used to fail only names with a tmp
+// directory in their path: since a Put writes straight into body/, that
+// held only because the test's own directory is under /tmp.)
 type failingFS struct {
 	spool.FS
 	err error
 }
 
 func (f failingFS) Create(name string) (spool.File, error) {
-	if strings.Contains(name, string(filepath.Separator)+"tmp"+string(filepath.Separator)) {
-		return nil, &fs.PathError{Op: "open", Path: name, Err: f.err}
-	}
-	return f.FS.Create(name)
+	return nil, &fs.PathError{Op: "open", Path: name, Err: f.err}
+}
+
+func (f failingFS) OpenEmpty(name string) (spool.File, error) {
+	return nil, &fs.PathError{Op: "open", Path: name, Err: f.err}
 }
 
 func TestSpoolFailureIsNever250(t *testing.T) {
