@@ -140,14 +140,20 @@ func cmdServe(args []string, stderr io.Writer) int {
 		return exitConfig
 	}
 	logger := relay.NewLogger(stderr, cfg.Log)
+	// The signals are caught before New binds the listeners: a client (or
+	// systemd) that sees the port open may send SIGTERM or SIGHUP at once,
+	// and must get a clean stop or a reload, not the default death.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	r, err := relay.New(cfg, relay.Options{Logger: logger})
 	if err != nil {
 		fmt.Fprintf(stderr, "sealpost: %v\n", err)
 		return exitConfig
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	reloadOnHangup(ctx, cfg.Path, r, logger)
+	reloadOnHangup(ctx, hup, cfg.Path, r, logger)
 	if err := r.Run(ctx); err != nil {
 		logger.Error("relay stopped with an error", slog.Any("err", err))
 		return exitSoftware
@@ -158,11 +164,8 @@ func cmdServe(args []string, stderr io.Writer) int {
 // reloadOnHangup applies a changed configuration on SIGHUP (sent by
 // `systemctl reload` and logrotate) without dropping sessions. A file that
 // does not load keeps the running configuration, and the log says why.
-func reloadOnHangup(ctx context.Context, path string, r *relay.Relay, logger *slog.Logger) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
+func reloadOnHangup(ctx context.Context, hup <-chan os.Signal, path string, r *relay.Relay, logger *slog.Logger) {
 	go func() {
-		defer signal.Stop(hup)
 		for {
 			select {
 			case <-ctx.Done():
