@@ -39,7 +39,7 @@ type testEnv struct {
 // newTestConfig returns a valid configuration for a relay on a free
 // loopback port that trusts ca and logs in as testUser with a 0600
 // password file.
-func newTestConfig(t *testing.T, ca *certs.CA, upstreamAddr string) *Config {
+func newTestConfig(t testing.TB, ca *certs.CA, upstreamAddr string) *Config {
 	t.Helper()
 	dir := t.TempDir()
 	pw := filepath.Join(dir, "upstream.password")
@@ -198,7 +198,7 @@ func (b *syncBuffer) waitRecord(t *testing.T, event string, n int) []map[string]
 
 // tlsUpstream starts an upstream that requires STARTTLS and AUTH, with a
 // certificate from ca for 127.0.0.1.
-func tlsUpstream(t *testing.T, ca *certs.CA) *upstreamtest.Server {
+func tlsUpstream(t testing.TB, ca *certs.CA) *upstreamtest.Server {
 	return upstreamtest.New(t, upstreamtest.Options{
 		TLS:         upstreamtest.TLSStartTLS,
 		Certificate: certstest.Leaf(t, ca, "127.0.0.1", "localhost"),

@@ -3,6 +3,7 @@ package relay
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -40,6 +41,13 @@ func benchRelay(b *testing.B) string {
 	if err := cfg.validate(); err != nil {
 		b.Fatal(err)
 	}
+	return runBenchRelay(b, cfg)
+}
+
+// runBenchRelay runs a relay with cfg until the benchmark ends and returns
+// its SMTP address.
+func runBenchRelay(b *testing.B, cfg *Config) string {
+	b.Helper()
 	r, err := New(cfg, Options{Logger: NewLogger(&syncBuffer{}, cfg.Log), ShutdownGrace: 5 * time.Second})
 	if err != nil {
 		b.Fatal(err)
@@ -59,33 +67,56 @@ func benchRelay(b *testing.B) string {
 }
 
 // benchClient speaks just enough SMTP to time the server: one command, then
-// every line of its reply.
+// every line of its reply. It returns errors rather than failing the
+// benchmark, so that clients can run on goroutines of their own.
 type benchClient struct {
-	b *testing.B
 	c net.Conn
 	r *bufio.Reader
 }
 
-func (bc *benchClient) reply(want string) {
+func dialBench(addr string) (*benchClient, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	bc := &benchClient{c: c, r: bufio.NewReader(c)}
+	if err := bc.reply("220"); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return bc, nil
+}
+
+func (bc *benchClient) reply(want string) error {
 	for {
 		line, err := bc.r.ReadString('\n')
 		if err != nil {
-			bc.b.Fatalf("reading the reply: %v", err)
+			return fmt.Errorf("reading the reply: %w", err)
 		}
 		if !strings.HasPrefix(line, want) {
-			bc.b.Fatalf("reply %q, want %s", line, want)
+			return fmt.Errorf("reply %q, want %s", line, want)
 		}
 		if len(line) < 4 || line[3] != '-' {
-			return
+			return nil
 		}
 	}
 }
 
-func (bc *benchClient) cmd(line, want string) {
+func (bc *benchClient) cmd(line, want string) error {
 	if _, err := bc.c.Write([]byte(line)); err != nil {
-		bc.b.Fatal(err)
+		return err
 	}
-	bc.reply(want)
+	return bc.reply(want)
+}
+
+// cmds sends each command in turn and stops at the first that fails.
+func (bc *benchClient) cmds(pairs ...string) error {
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if err := bc.cmd(pairs[i], pairs[i+1]); err != nil {
+			return fmt.Errorf("%s: %w", strings.TrimSpace(pairs[i]), err)
+		}
+	}
+	return nil
 }
 
 // BenchmarkSessionEnvelope is one client connection up to the point where
@@ -97,17 +128,18 @@ func BenchmarkSessionEnvelope(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
-		c, err := net.Dial("tcp", addr)
+		bc, err := dialBench(addr)
 		if err != nil {
 			b.Fatal(err)
 		}
-		bc := &benchClient{b: b, c: c, r: bufio.NewReader(c)}
-		bc.reply("220")
-		bc.cmd("EHLO client.test\r\n", "250")
-		bc.cmd("MAIL FROM:<app@example.com>\r\n", "250")
-		bc.cmd("RCPT TO:<ops@example.net>\r\n", "250")
-		bc.cmd("QUIT\r\n", "221")
-		c.Close()
+		err = bc.cmds("EHLO client.test\r\n", "250",
+			"MAIL FROM:<app@example.com>\r\n", "250",
+			"RCPT TO:<ops@example.net>\r\n", "250",
+			"QUIT\r\n", "221")
+		bc.c.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 
@@ -115,19 +147,22 @@ func BenchmarkSessionEnvelope(b *testing.B) {
 // connection: MAIL, RCPT and RSET, round trip by round trip.
 func BenchmarkSessionCommands(b *testing.B) {
 	addr := benchRelay(b)
-	c, err := net.Dial("tcp", addr)
+	bc, err := dialBench(addr)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer c.Close()
-	bc := &benchClient{b: b, c: c, r: bufio.NewReader(c)}
-	bc.reply("220")
-	bc.cmd("EHLO client.test\r\n", "250")
+	defer bc.c.Close()
+	if err := bc.cmd("EHLO client.test\r\n", "250"); err != nil {
+		b.Fatal(err)
+	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
-		bc.cmd("MAIL FROM:<app@example.com>\r\n", "250")
-		bc.cmd("RCPT TO:<ops@example.net>\r\n", "250")
-		bc.cmd("RSET\r\n", "250")
+		err := bc.cmds("MAIL FROM:<app@example.com>\r\n", "250",
+			"RCPT TO:<ops@example.net>\r\n", "250",
+			"RSET\r\n", "250")
+		if err != nil {
+			b.Fatal(err)
+		}
 	}
 }
