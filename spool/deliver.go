@@ -40,7 +40,7 @@ const (
 	EventCorrupt     = "corrupt"      // a file was quarantined in corrupt/
 	EventDeleted     = "deleted"      // removed by Delete
 	EventError       = "error"        // the spool could not record a result (disk trouble); Err says what
-	EventLoaded      = "loaded"       // Open's recovery has loaded the queue of earlier processes: Queued messages in Duration (those whose metadata never changed by their file names; a Put cut short among them is removed at its first attempt); Err if it stopped short
+	EventLoaded      = "loaded"       // Open's recovery has loaded the queue of earlier processes: Queued messages in Duration (those whose metadata never changed by their file names, but for the newest few, looked at for leftovers of a crash; a Put cut short among the others is removed at its first attempt); Err if it stopped short
 )
 
 // Event is one record for the audit log. A single delivery attempt may

@@ -51,7 +51,8 @@
 // has finished can leave the footer cut short or missing (the file is then
 // an interrupted Put, removed at the first attempt after Open, which loads
 // such files by name without reading them, so that a restart does not read
-// the whole queue once more), or whole after a body whose blocks did not
+// the whole queue once more; the newest few, where a crash leaves its
+// unused ready files, it does read and clear), or whole after a body whose blocks did not
 // all reach the disk: the recorded length and sum tell that when the body
 // is read, and such a message, never acknowledged, is quarantined in
 // corrupt/ before a deliverer could end its data (verifiedBody). A footer

@@ -15,8 +15,10 @@ import (
 // off the submission's path.
 //
 // A ready file that is never filled is empty, which is what a Put cut
-// short before its first byte leaves: Close removes the ones left, and
-// after a crash they are removed as such at their first attempt.
+// short before its first byte leaves: Close removes the ones left. After a
+// crash, Open's recovery looks at the newest never-attempted files (ready
+// files are among them) and removes the empty ones; any it did not look
+// at is removed as such at its first attempt.
 
 // maxReadyAge bounds how much older than its message a ready file's name
 // (its ID, which dates it) may be; older ones are replaced.

@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"fmt"
 	"context"
 	"errors"
 	"os"
@@ -194,21 +195,7 @@ func TestReadyFilesAfterACrash(t *testing.T) {
 	te := newTestEnv(t, Options{ReadyFiles: 3})
 	waitReady(t, te.s, 3)
 	good := put(t, te.s, "Subject: kept\r\n\r\nbody\r\n", "a@x")
-	// A crash: the files stay as they are when the process dies, which
-	// Close would have cleaned up; copy the spool as it is now.
-	crashed := t.TempDir()
-	for _, sub := range []string{dirTmp, dirBody, dirQueue, dirFailed, dirCorrupt} {
-		if err := os.MkdirAll(filepath.Join(crashed, sub), 0o700); err != nil {
-			t.Fatal(err)
-		}
-		for _, name := range files(t, te.dir, sub) {
-			data, err := os.ReadFile(filepath.Join(te.dir, sub, name))
-			if err != nil {
-				t.Fatal(err)
-			}
-			writeFile(t, filepath.Join(crashed, sub, name), string(data))
-		}
-	}
+	crashed := crashCopy(t, te.dir)
 	left := len(files(t, crashed, dirBody))
 	if left < 3 {
 		t.Fatalf("%d files in body/, want the message and at least 2 ready files", left)
@@ -229,23 +216,87 @@ func TestReadyFilesAfterACrash(t *testing.T) {
 	assertEmptySpool(t, crashed)
 }
 
-// tailFailOnce fails the first trailer read of one file.
-type tailFailOnce struct {
-	FS
-	name   string
-	failed atomic.Bool
+// crashCopy copies the spool in dir as it is now, to open as what a crash
+// left: the files stay as they are when the process dies, which Close
+// would have cleaned up.
+func crashCopy(t *testing.T, dir string) string {
+	t.Helper()
+	crashed := t.TempDir()
+	for _, sub := range []string{dirTmp, dirBody, dirQueue, dirFailed, dirCorrupt} {
+		if err := os.MkdirAll(filepath.Join(crashed, sub), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range files(t, dir, sub) {
+			data, err := os.ReadFile(filepath.Join(dir, sub, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, filepath.Join(crashed, sub, name), string(data))
+		}
+	}
+	return crashed
 }
 
-func (f *tailFailOnce) ReadTail(name string, buf []byte) ([]byte, int64, error) {
-	if filepath.Base(name) == f.name && f.failed.CompareAndSwap(false, true) {
+// TestReadyFilesAfterACrashNotCounted: the ready files a crash left are
+// removed by the recovery itself, not at their first attempt, so that the
+// queue a restarted daemon reports (the loaded count, Stats for the
+// metrics) is the messages alone, even while no delivery runs (an upstream
+// that is down holds the whole queue). Older never-attempted messages are
+// still loaded by name, unread.
+func TestReadyFilesAfterACrashNotCounted(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{ReadyFiles: 8})
+	waitReady(t, te.s, 8)
+	var good []ID
+	for i := range 3 {
+		good = append(good, put(t, te.s, fmt.Sprintf("Subject: kept %d\r\n\r\nbody\r\n", i), "a@x"))
+	}
+	crashed := crashCopy(t, te.dir)
+	left := len(files(t, crashed, dirBody)) - len(good)
+	if left < 5 {
+		t.Fatalf("%d ready files in body/, want at least 5", left)
+	}
+	te2 := &testEnv{dir: crashed, clock: te.clock, ev: newEvents()}
+	s := te2.open(t, Options{})
+	if ev := te2.ev.wait(t, EventLoaded, ""); ev.Queued != len(good) || ev.Err != nil {
+		t.Errorf("loaded %d (err %v), want the %d messages", ev.Queued, ev.Err, len(good))
+	}
+	if n, _ := s.Stats(); n != len(good) {
+		t.Errorf("Stats: %d queued, want %d", n, len(good))
+	}
+	// The events of the recovery come before EventLoaded.
+	for range left {
+		if ev := te2.ev.wait(t, EventRemovedTemp, ""); !errors.Is(ev.Err, ErrEmptyLeftover) {
+			t.Errorf("removed-temp for a ready file: %v, want ErrEmptyLeftover", ev.Err)
+		}
+	}
+	if n := len(files(t, crashed, dirBody)); n != len(good) {
+		t.Errorf("%d files in body/ after the recovery, want the %d messages", n, len(good))
+	}
+	for _, id := range good {
+		if _, err := s.Get(id); err != nil {
+			t.Errorf("Get(%s): %v", id, err)
+		}
+	}
+}
+
+// tailFails fails the first fails trailer reads of one file.
+type tailFails struct {
+	FS
+	name  string
+	fails atomic.Int32
+}
+
+func (f *tailFails) ReadTail(name string, buf []byte) ([]byte, int64, error) {
+	if filepath.Base(name) == f.name && f.fails.Add(-1) >= 0 {
 		return nil, 0, &os.PathError{Op: "read", Path: name, Err: syscall.EIO}
 	}
 	return f.FS.ReadTail(name, buf)
 }
 
 // TestUnreadFileLookedAtAgainAfterAReadError: a message loaded at Open
-// from its file name alone is checked at its first attempt; if that read
-// fails, the next attempt checks it again, so a Put cut short by a crash
+// from its file name alone is checked at its first attempt (the recovery's
+// own look at the newest files failed too); if that read fails, the next attempt checks it again, so a Put cut short by a crash
 // is still removed, not forgotten with its file left behind.
 func TestUnreadFileLookedAtAgainAfterAReadError(t *testing.T) {
 	t.Parallel()
@@ -254,7 +305,11 @@ func TestUnreadFileLookedAtAgainAfterAReadError(t *testing.T) {
 	id := newID(te.clock.Now().Add(-time.Minute))
 	name := string(id) + extBody
 	writeFile(t, filepath.Join(te.dir, dirBody, name), "Subject: x\r\n\r\nnever committed\r\n")
-	s := te.open(t, Options{FS: &tailFailOnce{FS: OSFS(), name: name}, Backoff: []time.Duration{time.Second}})
+	// Two failures: the recovery looks at the newest files itself (for
+	// ready files a crash left), then the first attempt reads it.
+	fsys := &tailFails{FS: OSFS(), name: name}
+	fsys.fails.Store(2)
+	s := te.open(t, Options{FS: fsys, Backoff: []time.Duration{time.Second}})
 	run(t, s, &deliverer{})
 	te.ev.wait(t, EventError, id)
 	// The retry is scheduled a backoff after the attempt's end, which may

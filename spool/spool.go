@@ -1106,11 +1106,30 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 		ids = append(ids, id)
 	}
 	slices.SortFunc(ids, cmpID)
-	for _, id := range ids {
+	// Files made ready for messages (readyfiles.go) that a crash left
+	// unused are empty, and among the newest names: their IDs date their
+	// making, never more than maxReadyAge before they are taken. The
+	// newest few are looked at now, so that such files are not counted
+	// as queued (the loaded count, the metrics, a `queue delete` that
+	// would report one deleted) until their first attempt, which may be
+	// an hour away while the upstream is paused. Reading the rest would
+	// cost what loading by name saves; their first attempt checks them.
+	recent := len(ids) - max(2*s.opts.ReadyFiles, minRecentChecked)
+	for i, id := range ids {
+		if i >= recent {
+			if r := s.loadTrailer(id, decodeListing); r.incomplete {
+				s.removeLeftover(id, r)
+				continue
+			}
+		}
 		load(id, id.Time(), false)
 	}
 	return loaded, nil
 }
+
+// minRecentChecked is how many of the newest never-attempted messages
+// Open's recovery looks at, at least, for ready files left by a crash.
+const minRecentChecked = 64
 
 // loadUnread reads, at its first attempt, the trailer of a message that
 // Open's recovery loaded without reading it. It was listed before this
@@ -1127,7 +1146,14 @@ func (s *Spool) loadUnread(it *item) (*Message, error) {
 		}
 		return metaResult(r, "get")
 	}
-	name := string(it.id) + extBody
+	s.removeLeftover(it.id, r)
+	return nil, fmt.Errorf("spool: get %s: %w", it.id, ErrNotFound)
+}
+
+// removeLeftover removes the body file of id, which r found without a
+// whole trailer: of an earlier process, so never acknowledged.
+func (s *Spool) removeLeftover(id ID, r metaRead) {
+	name := string(id) + extBody
 	err := s.fs.Remove(s.path(dirBody, name))
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -1139,8 +1165,7 @@ func (s *Spool) loadUnread(it *item) (*Message, error) {
 	default:
 		err = fmt.Errorf("spool: removed body without metadata %s", name)
 	}
-	s.event(Event{Kind: EventRemovedTemp, ID: it.id, Err: err})
-	return nil, fmt.Errorf("spool: get %s: %w", it.id, ErrNotFound)
+	s.event(Event{Kind: EventRemovedTemp, ID: id, Err: err})
 }
 
 func (s *Spool) nameSet(sub string) (map[string]bool, error) {
