@@ -2,6 +2,7 @@ package spool
 
 import (
 	"bytes"
+	"encoding/json"
 	"reflect"
 	"testing"
 	"time"
@@ -41,18 +42,23 @@ func FuzzDecodeMessage(f *testing.F) {
 	f.Add([]byte(`{"ID":"20261127T111500-abcdefgh23","Rcpts":[{"Addr":"a","State":"pending"}],"NextAttempt":"not a time"}`))
 	f.Add(b[:len(b)/2])
 
+	f.Add([]byte(`{"ID":"20261127T111500-abcdefgh23","Size":3,"Header":"a\ud800\udc00\ud800b\u00e9\n","Rcpts":[{"Addr":"a","State":"pending"}]}`))
+	f.Add([]byte("{\"ID\":\"20261127T111500-abcdefgh23\",\"Size\":5,\"Header\":\"\xff\xe9\",\"Rcpts\":[{\"Addr\":\"a\",\"State\":\"pending\"}]}"))
+	f.Add([]byte(`{"ID":"20261127T111500-abcdefgh23","Header":5,"Rcpts":[{"Addr":"a","State":"pending"}]}`))
+
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := decodeMessage(data, "")
+		// A listing shows what delivery would read, but the Header: it
+		// accepts exactly what delivery accepts.
+		listed, listErr := decodeListing(data, "")
+		if (err == nil) != (listErr == nil) {
+			t.Fatalf("decodeMessage: %v; decodeListing: %v", err, listErr)
+		}
 		if err != nil {
 			return
 		}
 		if _, err := ParseID(string(m.ID)); err != nil {
 			t.Fatalf("accepted invalid id %q", m.ID)
-		}
-		// A listing shows what delivery would read, but the Header.
-		listed, err := decodeListing(data, "")
-		if err != nil {
-			t.Fatalf("decodes, but not for a listing: %v", err)
 		}
 		whole := *m
 		whole.Header = ""
@@ -73,6 +79,25 @@ func FuzzDecodeMessage(f *testing.F) {
 		enc2, err := encodeMessage(m2)
 		if err != nil || !bytes.Equal(enc1, enc2) {
 			t.Fatalf("round trip changed the metadata:\n%s\n%s", enc1, enc2)
+		}
+	})
+}
+
+// FuzzUnquotedLen: for every JSON string, unquotedLen gives the length of
+// what encoding/json decodes, invalid UTF-8 and lone surrogates included.
+func FuzzUnquotedLen(f *testing.F) {
+	for _, seed := range []string{``, `abc`, `\r\n\t\"\\\/\b\f`, `\u00e9\u20ac\ud83d\ude00`, `\ud800`, `\udc00\ud800x`,
+		`\ud800\u0041`, `\ud800\ud800\udc00`, "\xff\xfe", "é€😀", "\xed\xa0\x80", `\u0000`} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, inner []byte) {
+		quoted := append(append([]byte{'"'}, inner...), '"')
+		var s string
+		if json.Unmarshal(quoted, &s) != nil {
+			return // not a JSON string: the scanner refuses it before unquotedLen
+		}
+		if n, ok := unquotedLen(quoted); !ok || n != len(s) {
+			t.Fatalf("unquotedLen(%q) = %d, %v; encoding/json decodes %d bytes", quoted, n, ok, len(s))
 		}
 	})
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+	"unicode/utf16"
+	"unicode/utf8"
 )
 
 // Envelope is what the SMTP transaction said about a message, plus where it
@@ -116,11 +118,8 @@ func decodeMessage(data []byte, want ID) (*Message, error) {
 	if err := json.Unmarshal(data, &m); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
-	if err := m.validate(want); err != nil {
+	if err := m.validate(want, len(m.Header)); err != nil {
 		return nil, err
-	}
-	if m.Size < int64(len(m.Header)) {
-		return nil, fmt.Errorf("%w: size %d is less than the header's %d bytes", ErrCorrupt, m.Size, len(m.Header))
 	}
 	return &m, nil
 }
@@ -131,24 +130,115 @@ func decodeMessage(data []byte, want ID) (*Message, error) {
 func decodeListing(data []byte, want ID) (*Message, error) {
 	var listed struct {
 		Message
-		Header skippedJSON // shadows Message.Header
+		Header skippedString // shadows Message.Header
 	}
 	if err := json.Unmarshal(data, &listed); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
-	if err := listed.Message.validate(want); err != nil {
+	if err := listed.Message.validate(want, listed.Header.len); err != nil {
 		return nil, err
 	}
 	return &listed.Message, nil
 }
 
-// skippedJSON takes any JSON value and keeps nothing of it.
-type skippedJSON struct{}
+// skippedString takes a JSON string (or null, as a string field does) and
+// keeps only the length it decodes to, so that a listing refuses what
+// decodeMessage refuses without unquoting and copying it.
+type skippedString struct{ len int }
 
-func (*skippedJSON) UnmarshalJSON([]byte) error { return nil }
+func (s *skippedString) UnmarshalJSON(data []byte) error {
+	if string(data) == "null" {
+		return nil
+	}
+	n, ok := unquotedLen(data)
+	if !ok {
+		return errors.New("the Header is not a JSON string")
+	}
+	s.len = n
+	return nil
+}
 
-// validate checks decoded metadata, but for what depends on the Header.
-func (m *Message) validate(want ID) error {
+// unquotedLen is the length in bytes of the string encoding/json decodes
+// from the quoted JSON string q, which its scanner has already checked:
+// escapes are well formed and there are no control characters. Like the
+// decoder, it counts a byte that is not UTF-8, and a \u escape of a lone
+// surrogate, as U+FFFD.
+func unquotedLen(q []byte) (int, bool) {
+	if len(q) < 2 || q[0] != '"' || q[len(q)-1] != '"' {
+		return 0, false
+	}
+	s := q[1 : len(q)-1]
+	n := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		switch {
+		case c == '\\':
+			if i+1 >= len(s) {
+				return 0, false
+			}
+			if s[i+1] != 'u' {
+				n++
+				i += 2
+				continue
+			}
+			r, ok := hex4(s[i+2:])
+			if !ok {
+				return 0, false
+			}
+			i += 6
+			if utf16.IsSurrogate(r) {
+				if len(s) >= i+6 && s[i] == '\\' && s[i+1] == 'u' {
+					if r2, ok := hex4(s[i+2:]); ok {
+						if pair := utf16.DecodeRune(r, r2); pair != utf8.RuneError {
+							n += utf8.RuneLen(pair)
+							i += 6
+							continue
+						}
+					}
+				}
+				r = utf8.RuneError
+			}
+			n += utf8.RuneLen(r)
+		case c < utf8.RuneSelf:
+			n++
+			i++
+		default:
+			r, size := utf8.DecodeRune(s[i:])
+			if r == utf8.RuneError && size == 1 {
+				n += utf8.RuneLen(utf8.RuneError)
+			} else {
+				n += size
+			}
+			i += size
+		}
+	}
+	return n, true
+}
+
+// hex4 decodes the four hex digits at the start of b.
+func hex4(b []byte) (rune, bool) {
+	if len(b) < 4 {
+		return 0, false
+	}
+	var r rune
+	for _, c := range b[:4] {
+		switch {
+		case '0' <= c && c <= '9':
+			c -= '0'
+		case 'a' <= c && c <= 'f':
+			c = c - 'a' + 10
+		case 'A' <= c && c <= 'F':
+			c = c - 'A' + 10
+		default:
+			return 0, false
+		}
+		r = r*16 + rune(c)
+	}
+	return r, true
+}
+
+// validate checks decoded metadata; headerLen is the length of its Header.
+func (m *Message) validate(want ID, headerLen int) error {
 	if _, err := ParseID(string(m.ID)); err != nil {
 		return fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
@@ -167,6 +257,9 @@ func (m *Message) validate(want ID) error {
 	}
 	if m.Size < 0 || m.Attempts < 0 {
 		return fmt.Errorf("%w: negative size or attempts", ErrCorrupt)
+	}
+	if m.Size < int64(headerLen) {
+		return fmt.Errorf("%w: size %d is less than the header's %d bytes", ErrCorrupt, m.Size, headerLen)
 	}
 	return nil
 }

@@ -226,3 +226,52 @@ func TestWalkLeavesOutTheHeader(t *testing.T) {
 		t.Errorf("message with a metadata file: listed %v, attempts %d; want listed, 1 (the file's)", ok, a)
 	}
 }
+
+// TestListingRefusesWhatDeliveryRefuses: metadata that Get (and so
+// delivery) finds corrupt for its Header is left out of a listing too,
+// although the listing does not decode the Header: `queue list` must not
+// show as queued what the first attempt quarantines.
+func TestListingRefusesWhatDeliveryRefuses(t *testing.T) {
+	t.Parallel()
+	const header = "DKIM-Signature: v=1; b=c2ln\r\n"
+	for _, tt := range []struct {
+		name   string
+		damage func(json string) string
+	}{
+		{"size less than the header", func(j string) string {
+			return strings.Replace(j, `"Size": 3`, `"Size": 2`, 1)
+		}},
+		{"header not a string", func(j string) string {
+			return strings.Replace(j, `"Header": "DKIM-Signature: v=1; b=c2ln\r\n"`, `"Header": 5`, 1)
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			te := newTestEnv(t, Options{})
+			id := te.s.NewID()
+			m := &Message{ID: id, Envelope: Envelope{From: "a@x", To: []string{"b@x"}}, Size: int64(len(header)),
+				Header: header, Rcpts: []Rcpt{{Addr: "b@x", State: Pending}}}
+			data, err := encodeMessage(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			damaged := strings.Replace(string(data), fmt.Sprintf(`"Size": %d`, len(header)), `"Size": 3`, 1)
+			damaged = tt.damage(damaged)
+			if damaged == string(data) {
+				t.Fatalf("the damage did not apply to %s", data)
+			}
+			writeFile(t, filepath.Join(te.dir, dirQueue, string(id)+extMeta), damaged)
+			writeFile(t, filepath.Join(te.dir, dirBody, string(id)+extBody), header+"Subject: x\r\n\r\nbody\r\n")
+			if _, err := te.s.Get(id); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("Get: %v, want ErrCorrupt", err)
+			}
+			list, err := te.s.List()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(list) != 0 {
+				t.Errorf("listed %+v, which Get finds corrupt", list[0])
+			}
+		})
+	}
+}
