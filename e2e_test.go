@@ -333,6 +333,65 @@ func TestServeRefusesRoot(t *testing.T) {
 	}
 }
 
+// TestServeStopsWhileStarting: a SIGTERM while serve is still starting
+// (here waiting on a password_command, which may take up to its 30 s
+// timeout) stops it at once and cleanly, not after the command: an admin's
+// Ctrl-C or `systemctl stop` must not seem ignored. The command only
+// returns once the daemon has exited (or the test ends).
+func TestServeStopsWhileStarting(t *testing.T) {
+	t.Parallel()
+	setup := newSetup(t, certstest.NewCA(t).CertPEM())
+	started, release := filepath.Join(setup.dir, "started"), filepath.Join(setup.dir, "release")
+	t.Cleanup(func() { os.WriteFile(release, nil, 0o600) })
+	script := fmt.Sprintf("touch %s; i=0; while [ ! -e %s ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; echo pw", started, release)
+	cfg := setup.writeConfig(t, freePort(t), "127.0.0.1:1", "")
+	src, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	command := fmt.Sprintf("password_command = [\"sh\", \"-c\", %q]", script)
+	src = bytes.Replace(src, []byte(fmt.Sprintf("password_file = %q", setup.pwFile)), []byte(command), 1)
+	if err := os.WriteFile(cfg, src, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{stderr: &lockedBuffer{}, done: make(chan error, 1)}
+	d.cmd = exec.Command(sealpostBin, "serve", "-config", cfg)
+	d.cmd.Stderr = d.stderr
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.done <- d.cmd.Wait() }()
+	t.Cleanup(func() { d.cmd.Process.Kill(); d.waitExit(t) })
+	for i := 0; ; i++ {
+		if _, err := os.Stat(started); err == nil {
+			break
+		}
+		select {
+		case err := <-d.done:
+			d.done <- err
+			t.Fatalf("serve exited before running the password command: %v\n%s", err, d.stderr)
+		default:
+		}
+		if i == 500 {
+			t.Fatalf("the password command did not start within 10s:\n%s", d.stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-d.done:
+		d.done <- err
+		if err != nil {
+			t.Errorf("serve exited with %v after SIGTERM while starting:\n%s", err, d.stderr)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("serve still running 15s after SIGTERM, waiting on its password command:\n%s", d.stderr)
+	}
+	if !strings.Contains(d.stderr.String(), "stopped by a signal before it began serving") {
+		t.Errorf("the log does not say why it stopped:\n%s", d.stderr)
+	}
+}
+
 func TestServeBadConfigNamesFileAndLine(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "relay.toml")
