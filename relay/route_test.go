@@ -268,6 +268,8 @@ func routedSpool(t *testing.T, cfg *Config, clock *fakeclock.Clock, workers int)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Also when the test ends before runDeliveries (Close is idempotent).
+	t.Cleanup(func() { sp.Close() })
 	return &routingDeliverer{rt: rt, audit: newAuditLog(log), log: log, hardStop: context.Background()}, sp
 }
 

@@ -79,6 +79,12 @@ func dialBench(addr string) (*benchClient, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A relay that stops answering fails the benchmark instead of hanging
+	// it (the longest use, a BenchmarkSessionCommands, takes seconds).
+	if err := c.SetDeadline(time.Now().Add(2 * time.Minute)); err != nil {
+		c.Close()
+		return nil, err
+	}
 	bc := &benchClient{c: c, r: bufio.NewReader(c)}
 	if err := bc.reply("220"); err != nil {
 		c.Close()
