@@ -65,8 +65,8 @@ func (f failingFS) Create(name string) (spool.File, error) {
 	return nil, &fs.PathError{Op: "open", Path: name, Err: f.err}
 }
 
-func (f failingFS) OpenEmpty(name string) (spool.File, error) {
-	return nil, &fs.PathError{Op: "open", Path: name, Err: f.err}
+func (f failingFS) OpenReady(name string) (spool.File, int64, error) {
+	return nil, 0, &fs.PathError{Op: "open", Path: name, Err: f.err}
 }
 
 func TestSpoolFailureIsNever250(t *testing.T) {

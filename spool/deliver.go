@@ -597,6 +597,11 @@ func (s *Spool) complete(m *Message, metaFile bool) error {
 			return s.moveToFailed(m)
 		}
 	}
+	// A message whose metadata never left its file: the file is kept for
+	// a later message, if the pool of ready files wants it.
+	if !metaFile && s.ready != nil && s.ready.reuse(m.ID) {
+		return nil
+	}
 	if err := s.removeFiles(m.ID, false, metaFile); err != nil && !errors.Is(err, ErrNotFound) {
 		return err
 	}

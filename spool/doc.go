@@ -14,9 +14,12 @@
 //	tmp/<id>.json     metadata being rewritten; anything in tmp/ at Open is a crash leftover and removed
 //	body/<id>.eml     the message body, followed by its first metadata and a
 //	                  footer (the trailer, see trailer.go); written once,
-//	                  never rewritten. Its whole footer is the commit marker:
-//	                  one without it is an interrupted Put, removed when
-//	                  its first attempt reads it
+//	                  never rewritten while the message is queued. Its whole
+//	                  footer is the commit marker: one without it is an
+//	                  interrupted Put, removed when its first attempt reads
+//	                  it. Also the files made ready for messages to come:
+//	                  empty, or a delivered message's with its footer marked
+//	                  as reused (readyfiles.go)
 //	queue/<id>.json   the metadata ([Message]) once it has changed (after a
 //	                  delivery attempt, or by versions before the trailer,
 //	                  from the start); when present it wins over the trailer
@@ -45,15 +48,18 @@
 // share of one directory fsync. With Options.ReadyFiles (the relay's
 // setting), step 1 is done ahead: NewID names an empty file created and
 // made durable with others in one fsync of body/ (readyfiles.go), step 2
-// is skipped, and the Put costs the file's fsync alone.
+// is skipped, and the Put costs the file's fsync alone. The ready file may
+// be a delivered message's, kept rather than removed: the Put overwrites
+// it from the start and cuts off what is left before the fsync.
 //
 // Readers may see the trailer before it is durable. A crash before step 4
 // has finished can leave the footer cut short or missing (the file is then
 // an interrupted Put, removed at the first attempt after Open, which loads
 // such files by name without reading them, so that a restart does not read
 // the whole queue once more; the newest few, where a crash leaves its
-// unused ready files, it does read and clear), or whole after a body whose blocks did not
-// all reach the disk: the recorded length and sum tell that when the body
+// unused ready files, it does read and clear; in a reused file, the old
+// marked footer at its end says the same until it is cut off), or whole
+// after a body whose blocks did not all reach the disk: the recorded length and sum tell that when the body
 // is read, and such a message, never acknowledged, is quarantined in
 // corrupt/ before a deliverer could end its data (verifiedBody). A footer
 // whose metadata fails its checksum is damage and is quarantined too. A

@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"io/fs"
@@ -18,9 +19,21 @@ type FS interface {
 	// exists: a message's files are new, and a name clash must never
 	// overwrite another message.
 	Create(name string) (File, error)
-	// OpenEmpty opens an existing file for writing and fails unless it
-	// is empty: a body file made ready before its message.
-	OpenEmpty(name string) (File, error)
+	// OpenReady opens a body file made ready before its message
+	// (readyfiles.go) for writing from its start, and fails unless it is
+	// one: empty, or a delivered message's file marked by Reuse. It
+	// returns the file's size: what the new message does not overwrite
+	// is cut off before its fsync.
+	OpenReady(name string) (File, int64, error)
+	// Reuse marks the file of a delivered message, if it has at most
+	// maxSize bytes and ends in a whole footer, so that it is no longer
+	// read as a message: a later one will fill it. It fails, marking
+	// nothing, for any other file.
+	Reuse(name string, maxSize int64) error
+	// Settle writes the file's data to the device without flushing its
+	// cache (the caller's next directory fsync does): on Linux with
+	// sync_file_range(2), elsewhere with an fdatasync.
+	Settle(name string) error
 	Open(name string) (io.ReadCloser, error)
 	ReadFile(name string) ([]byte, error)
 	// ReadTail reads the last len(buf) bytes of a file (all of it when it
@@ -39,6 +52,7 @@ type FS interface {
 // File is a file being written.
 type File interface {
 	io.Writer
+	Truncate(size int64) error
 	Sync() error
 	Close() error
 }
@@ -56,19 +70,72 @@ func (osFS) MkdirAll(path string, perm fs.FileMode) error { return os.MkdirAll(p
 func (osFS) Create(name string) (File, error) {
 	return openRegular(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 }
-func (osFS) OpenEmpty(name string) (File, error) {
-	f, err := openRegular(name, os.O_WRONLY, 0)
+func (osFS) OpenReady(name string) (File, int64, error) {
+	f, size, err := openFooter(name, os.O_RDWR)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() || fi.Size() != 0 {
+	if size != 0 && !(len(f.footer) == footerSize && bytes.HasPrefix(f.footer, []byte(reusedMagic))) {
 		f.Close()
-		if err == nil {
-			err = &fs.PathError{Op: "open", Path: name, Err: errors.New("not an empty regular file")}
-		}
-		return nil, err
+		return nil, 0, &fs.PathError{Op: "open", Path: name, Err: errors.New("not a file made ready for a message")}
 	}
-	return f, nil
+	return f.File, size, nil
+}
+
+func (osFS) Reuse(name string, maxSize int64) error {
+	f, size, err := openFooter(name, os.O_RDWR)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if size > maxSize || len(f.footer) != footerSize || !bytes.HasPrefix(f.footer, []byte(trailerMagic)) {
+		return &fs.PathError{Op: "reuse", Path: name, Err: errors.New("not a message's file of at most the size kept")}
+	}
+	if _, err := f.WriteAt([]byte(reusedMagic), size-int64(footerSize)); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+func (osFS) Settle(name string) error {
+	f, err := openRegular(name, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := settle(f); err != nil {
+		return &fs.PathError{Op: "settle", Path: name, Err: err}
+	}
+	return f.Close()
+}
+
+// footedFile is an open regular file with its last footerSize bytes (all
+// of it when smaller).
+type footedFile struct {
+	*os.File
+	footer []byte
+}
+
+func openFooter(name string, flag int) (footedFile, int64, error) {
+	f, err := openRegular(name, flag, 0)
+	if err != nil {
+		return footedFile{}, 0, err
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = &fs.PathError{Op: "open", Path: name, Err: errors.New("not a regular file")}
+	}
+	if err != nil {
+		f.Close()
+		return footedFile{}, 0, err
+	}
+	size := fi.Size()
+	footer := make([]byte, min(size, int64(footerSize)))
+	if _, err := f.ReadAt(footer, size-int64(len(footer))); err != nil {
+		f.Close()
+		return footedFile{}, 0, err
+	}
+	return footedFile{File: f, footer: footer}, size, nil
 }
 func (osFS) Open(name string) (io.ReadCloser, error) {
 	return openRegular(name, os.O_RDONLY, 0)

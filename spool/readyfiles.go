@@ -14,11 +14,31 @@ import (
 // file alone. A batch of creations then shares one directory fsync, made
 // off the submission's path.
 //
-// A ready file that is never filled is empty, which is what a Put cut
-// short before its first byte leaves: Close removes the ones left. After a
+// A delivered message's file is kept for a later message rather than
+// removed, when the pool is short and the file small (maxReusedSize):
+// Reuse marks its footer, so that it is no message from then on, and the
+// refill settles that mark (sync_file_range: a write, no flush), renames
+// the file to a fresh ID and has it in the same directory fsync as the
+// files it creates. A Put then overwrites it and cuts off what is left.
+// That spares an unlink and a create per message, and the freeing and
+// allocating of its inode and blocks: on a file system mounted with
+// discard, a TRIM per delivered message. (BenchmarkRelayEndToEnd, no DKIM,
+// c = 10, against removing and creating, five interleaved runs: +21 %
+// msg/s, p = 0.016; discards per message 1.01 → 0.1.)
+//
+// A ready file that is never filled is empty or marked: what a Put cut
+// short before its first byte leaves. Close removes the ones left. After a
 // crash, Open's recovery looks at the newest never-attempted files (ready
-// files are among them) and removes the empty ones; any it did not look
-// at is removed as such at its first attempt.
+// files are among them) and removes those; any it did not look at (a
+// delivered message's file marked but not yet renamed keeps the old ID)
+// is removed as such at its first attempt. If a power failure undoes the
+// mark but not the rename (on a copy-on-write file system, where a write
+// in place needs metadata), the file holds a delivered message under
+// another ID, which the recovery quarantines rather than delivers.
+
+// maxReusedSize is the largest delivered message's file kept for a later
+// message; a bigger one is removed (ready files should not hold disk).
+const maxReusedSize = 64 << 10
 
 // maxReadyAge bounds how much older than its message a ready file's name
 // (its ID, which dates it) may be; older ones are replaced.
@@ -39,6 +59,7 @@ type readyFiles struct {
 	ready  []readyFile   // created, and body/ synced since; oldest first
 	handed map[ID]bool   // given out by NewID, not yet claimed by PutID
 	stale  []ID          // to remove
+	reused []ID          // delivered messages' files marked by Reuse, to rename into the pool
 	refill chan struct{} // capacity 1
 }
 
@@ -87,6 +108,30 @@ func (r *readyFiles) drop(id ID) {
 	r.kick()
 }
 
+// reuse keeps the file of id, a delivered message, for a later message if
+// the pool wants one and FS.Reuse takes it. False leaves the file as it
+// was, for the caller to remove.
+func (r *readyFiles) reuse(id ID) bool {
+	r.mu.Lock()
+	// Up to twice the pool: the files of messages delivered meanwhile
+	// come back in a stream, and wait for the next refill's rename.
+	wanted := !r.closed && len(r.ready)+len(r.reused) < 2*r.want
+	r.mu.Unlock()
+	if !wanted || r.s.fs.Reuse(r.s.path(dirBody, string(id)+extBody), maxReusedSize) != nil {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return false // the refill has stopped: the caller removes it
+	}
+	r.reused = append(r.reused, id)
+	if len(r.ready) <= r.want/2 {
+		r.kick()
+	}
+	return true
+}
+
 // giveBack returns a handed-out file that will not be filled.
 func (r *readyFiles) giveBack(id ID) {
 	r.mu.Lock()
@@ -127,7 +172,8 @@ func (r *readyFiles) run() {
 			for id := range r.handed {
 				r.stale = append(r.stale, id)
 			}
-			r.ready, r.handed = nil, map[ID]bool{}
+			r.stale = append(r.stale, r.reused...)
+			r.ready, r.handed, r.reused = nil, map[ID]bool{}, nil
 			r.mu.Unlock()
 			r.removeStale()
 			return
@@ -158,15 +204,37 @@ func (r *readyFiles) removeStale() {
 	}
 }
 
-// fill creates files until the pool holds want, then syncs body/ once for
-// all of them before they are handed out.
+// fill brings the pool to want files, the delivered messages' files kept
+// for reuse first, then syncs body/ once for all of them before they are
+// handed out. While such files come in, new ones are created only to keep
+// the pool half full: the next delivered messages bring the rest.
 func (r *readyFiles) fill() error {
 	r.mu.Lock()
 	n := r.want - len(r.ready)
+	reused := r.reused[:min(n, len(r.reused))]
+	r.reused = r.reused[len(reused):]
+	create := n - len(reused)
+	if len(reused) > 0 {
+		create = r.want/2 - len(r.ready) - len(reused)
+	}
 	r.mu.Unlock()
 	var made []readyFile
 	var err error
-	for range n {
+	for _, old := range reused {
+		oldName := r.s.path(dirBody, string(old)+extBody)
+		now := r.s.now()
+		id := newID(now)
+		// The mark is written before the new name can be durable, or a
+		// crash could leave the delivered message under the new name.
+		if r.s.fs.Settle(oldName) != nil || r.s.fs.Rename(oldName, r.s.path(dirBody, string(id)+extBody)) != nil {
+			r.mu.Lock()
+			r.stale = append(r.stale, old)
+			r.mu.Unlock()
+			continue
+		}
+		made = append(made, readyFile{id: id, made: now})
+	}
+	for range create {
 		now := r.s.now()
 		id := newID(now)
 		f, cerr := r.s.fs.Create(r.s.path(dirBody, string(id)+extBody))

@@ -328,17 +328,17 @@ func TestUnreadFileLookedAtAgainAfterAReadError(t *testing.T) {
 	}
 }
 
-// openEmptyFails fails the first OpenEmpty.
-type openEmptyFails struct {
+// openReadyFails fails the first OpenReady.
+type openReadyFails struct {
 	FS
 	failed atomic.Bool
 }
 
-func (f *openEmptyFails) OpenEmpty(name string) (File, error) {
+func (f *openReadyFails) OpenReady(name string) (File, int64, error) {
 	if f.failed.CompareAndSwap(false, true) {
-		return nil, &os.PathError{Op: "open", Path: name, Err: syscall.EMFILE}
+		return nil, 0, &os.PathError{Op: "open", Path: name, Err: syscall.EMFILE}
 	}
-	return f.FS.OpenEmpty(name)
+	return f.FS.OpenReady(name)
 }
 
 // TestReadyFilesNotLeftByFailedPuts: a Put that fails, before it fills
@@ -346,7 +346,7 @@ func (f *openEmptyFails) OpenEmpty(name string) (File, error) {
 // behind: the first goes back to the pool, the second is removed.
 func TestReadyFilesNotLeftByFailedPuts(t *testing.T) {
 	t.Parallel()
-	te := newTestEnv(t, Options{FS: &openEmptyFails{FS: OSFS()}, ReadyFiles: 2})
+	te := newTestEnv(t, Options{FS: &openReadyFails{FS: OSFS()}, ReadyFiles: 2})
 	waitReady(t, te.s, 2)
 	if _, err := te.s.Put(context.Background(), Envelope{From: "a@x"}, strings.NewReader("x\r\n")); err == nil {
 		t.Fatal("Put without recipients succeeded")

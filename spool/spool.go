@@ -415,8 +415,9 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 	// exists already, durably.
 	ready := s.ready != nil && s.ready.claim(id)
 	var f File
+	var readySize int64 // a reused file's: what is left of it is cut off
 	if ready {
-		if f, err = s.fs.OpenEmpty(finalBody); err != nil {
+		if f, readySize, err = s.fs.OpenReady(finalBody); err != nil {
 			s.ready.drop(id)
 		}
 	} else {
@@ -493,7 +494,7 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 	// the scheduler knows it first, as busy: a Delete meanwhile is carried
 	// out when the Put ends instead of being undone by it.
 	it := s.reserve(id)
-	err = s.writeTrailer(f, data)
+	err = s.writeTrailer(f, data, size+int64(len(data)+footerSize), readySize)
 	if dirSynced != nil {
 		dirErr := <-dirSynced
 		dirSynced = nil
@@ -519,13 +520,22 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 
 // writeTrailer writes the metadata and its footer after the body and
 // fsyncs the file. A crash before the fsync has finished can leave the
-// trailer cut short (the file is then not a message) or whole after a body
-// that is not, which the body's sum tells when it is read.
-func (s *Spool) writeTrailer(f File, metaJSON []byte) error {
+// trailer cut short (the file is then not a message; in a reused file,
+// whose old end is marked reused until it is cut off, neither) or whole
+// after a body that is not, which the body's sum tells when it is read.
+func (s *Spool) writeTrailer(f File, metaJSON []byte, end, oldSize int64) error {
 	tp := s.bufs.Get().(*[]byte)
 	defer s.bufs.Put(tp)
 	if _, err := f.Write(appendTrailer((*tp)[:0], metaJSON)); err != nil {
 		return fmt.Errorf("spool: write metadata: %w", err)
+	}
+	// A delivered message's file, reused, may be longer than this one:
+	// the rest goes, before the fsync that makes the new size durable
+	// with the content.
+	if oldSize > end {
+		if err := f.Truncate(end); err != nil {
+			return fmt.Errorf("spool: write body: truncate: %w", err)
+		}
 	}
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("spool: write body: fsync: %w", err)
@@ -696,7 +706,7 @@ type metaRead struct {
 	err        error    // why m is nil: the read error, or the decoding error
 	readFail   bool     // err is the read's
 	incomplete bool     // a first write cut short: metadata (incompleteMeta) or a body file without a whole trailer
-	empty      bool     // incomplete, and an empty file
+	empty      bool     // incomplete, and a file made ready (empty, or marked by Reuse)
 	// fromTrailer: queue/ has no metadata file, so it came from the end of
 	// the body file (trailer.go).
 	fromTrailer bool
@@ -734,8 +744,10 @@ func (s *Spool) loadTrailer(id ID, decode decoder) metaRead {
 	switch {
 	case err != nil:
 		r.err, r.readFail = err, true
-	case state == trailerAbsent:
-		r.err, r.incomplete, r.empty = fmt.Errorf("%w: body file without its metadata", ErrCorrupt), true, size == 0
+	case state == trailerAbsent || state == trailerReady:
+		// A file made ready is empty, or a delivered message's kept for
+		// a later one.
+		r.err, r.incomplete, r.empty = fmt.Errorf("%w: body file without its metadata", ErrCorrupt), true, size == 0 || state == trailerReady
 	case state == trailerDamaged:
 		r.err = fmt.Errorf("%w: the metadata at the end of the body file does not match its checksum", ErrCorrupt)
 	default:

@@ -25,6 +25,11 @@ import (
 const (
 	trailerMagic = "SPMETA01"
 	footerSize   = len(trailerMagic) + 8
+	// reusedMagic replaces trailerMagic in the footer of a delivered
+	// message's file that is kept to hold a later message (Reuse in
+	// readyfiles.go): from then on the file is no message, like an empty
+	// file made ready.
+	reusedMagic = "SPREUSE1"
 	// maxTrailerJSON is far above any real metadata (thousands of
 	// recipients); Put refuses more, and a bigger length is damage.
 	maxTrailerJSON = 4 << 20
@@ -53,12 +58,16 @@ const (
 	trailerOK      trailerState = iota
 	trailerAbsent               // no footer: a Put still writing, or cut short by a crash
 	trailerDamaged              // a footer whose JSON does not match it: damage, or a crash while a trailer spanning blocks was written
+	trailerReady                // a delivered message's file kept for a later one: no message
 )
 
 // parseTrailer finds the metadata JSON at the end of a body file of size
 // bytes, of which tail holds the last len(tail). need > 0 asks for that
 // many bytes from the end before it can tell.
 func parseTrailer(tail []byte, size int64) (metaJSON []byte, state trailerState, need int64) {
+	if len(tail) >= footerSize && string(tail[len(tail)-footerSize:len(tail)-8]) == reusedMagic {
+		return nil, trailerReady, 0
+	}
 	if len(tail) < footerSize || string(tail[len(tail)-footerSize:len(tail)-8]) != trailerMagic {
 		return nil, trailerAbsent, 0
 	}
@@ -91,8 +100,9 @@ func readTrailer(fsys FS, name string, buf []byte) ([]byte, trailerState, int64,
 			return nil, 0, 0, err
 		}
 		if data, state, need = parseTrailer(tail, size); need > 0 {
-			// Shorter than a moment ago: body files never change once
-			// written, so this is not ours to trust.
+			// Shorter than a moment ago: a message's file does not
+			// change while it is queued (only once delivered, to be
+			// reused), so this is not ours to trust.
 			return nil, trailerDamaged, size, nil
 		}
 	}

@@ -1,0 +1,229 @@
+package spool
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+// bodyOps counts the files created and removed in body/.
+type bodyOps struct {
+	FS
+	creates, removes atomic.Int64
+}
+
+func inBody(name string) bool { return filepath.Base(filepath.Dir(name)) == dirBody }
+
+func (c *bodyOps) Create(name string) (File, error) {
+	if inBody(name) {
+		c.creates.Add(1)
+	}
+	return c.FS.Create(name)
+}
+
+func (c *bodyOps) Remove(name string) error {
+	if inBody(name) {
+		c.removes.Add(1)
+	}
+	return c.FS.Remove(name)
+}
+
+// TestDeliveredFilesReused: a delivered message's file becomes a ready
+// file for a later message instead of being removed, so a steady flow
+// creates and removes almost no files; each later message is stored and
+// delivered exactly (one shorter than the file it reuses is cut to its
+// length); a file over maxReusedSize is removed, not kept.
+func TestDeliveredFilesReused(t *testing.T) {
+	t.Parallel()
+	ops := &bodyOps{FS: OSFS()}
+	te := newTestEnv(t, Options{FS: ops, ReadyFiles: 4})
+	waitReady(t, te.s, 4)
+	d := &deliverer{}
+	run(t, te.s, d)
+	const n = 40
+	var want []string
+	var ids []ID
+	for i := range n {
+		// Sizes go down and up, so reused files are longer and shorter
+		// than their new messages.
+		body := fmt.Sprintf("Subject: %d\r\n\r\n%s\r\n", i, strings.Repeat("x", (i*7%5)*3000))
+		want = append(want, body)
+		id := put(t, te.s, body, "a@x")
+		ids = append(ids, id)
+		te.ev.wait(t, EventDelivered, id)
+	}
+	// The files kept, marked or filled again, are no delivered message.
+	if list, err := te.s.List(); err != nil || len(list) != 0 {
+		t.Errorf("List after every delivery: %d messages, %v", len(list), err)
+	}
+	for _, id := range ids {
+		if _, err := te.s.Get(id); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Get(%s) of a delivered message: %v, want ErrNotFound", id, err)
+		}
+	}
+	calls := d.Calls()
+	if len(calls) != n {
+		t.Fatalf("%d deliveries, want %d", len(calls), n)
+	}
+	for i, c := range calls {
+		if c.body != want[i] {
+			t.Errorf("message %d delivered as %d bytes %.40q…, want %d bytes %.40q…", i, len(c.body), c.body, len(want[i]), want[i])
+		}
+	}
+	// 4 made at the start; without reuse, about one per message.
+	t.Logf("%d files created and %d removed for %d messages", ops.creates.Load(), ops.removes.Load(), n)
+	if c, r := ops.creates.Load(), ops.removes.Load(); c > 4+n/4 || r > n/4 {
+		t.Errorf("%d files created and %d removed for %d messages, want most files reused", c, r, n)
+	}
+
+	removes := ops.removes.Load()
+	big := put(t, te.s, "Subject: big\r\n\r\n"+strings.Repeat("y", maxReusedSize)+"\r\n", "a@x")
+	te.ev.wait(t, EventDelivered, big)
+	if ops.removes.Load() == removes {
+		t.Error("a file over maxReusedSize was not removed")
+	}
+	for _, name := range files(t, te.dir, dirBody) {
+		fi, err := os.Stat(filepath.Join(te.dir, dirBody, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Size() > maxReusedSize {
+			t.Errorf("%s: %d bytes kept in body/ after delivery", name, fi.Size())
+		}
+	}
+}
+
+// TestReusedFilesAfterACrash: nothing a crash can leave of a delivered
+// message's file kept for reuse is delivered or listed: the file marked
+// under its old ID (before the refill renamed it), marked under a new ID
+// (in the pool), and overwritten in part by a later message whose Put
+// never finished (its trailer written, the old marked end not yet cut
+// off). The recovery removes each as a file made ready.
+func TestReusedFilesAfterACrash(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{})
+	long := "Subject: delivered\r\n\r\n" + strings.Repeat("d", 5000) + "\r\n"
+	marked, pooled, overwritten := put(t, te.s, long, "a@x"), put(t, te.s, long, "a@x"), put(t, te.s, long, "a@x")
+	kept := put(t, te.s, "Subject: kept\r\n\r\nbody\r\n", "a@x")
+	te.s.Close()
+	path := func(id ID) string { return filepath.Join(te.dir, dirBody, string(id)+extBody) }
+	for _, id := range []ID{marked, pooled, overwritten} {
+		if err := OSFS().Reuse(path(id), maxReusedSize); err != nil {
+			t.Fatal(err)
+		}
+	}
+	renamed, refilled := newID(te.clock.Now()), newID(te.clock.Now())
+	if err := os.Rename(path(pooled), path(renamed)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path(overwritten), path(refilled)); err != nil {
+		t.Fatal(err)
+	}
+	short := "Subject: never acknowledged\r\n\r\nx\r\n"
+	meta, err := encodeMessage(&Message{ID: refilled, Envelope: Envelope{From: "app@example.com", To: []string{"a@x"}},
+		Size: int64(len(short)), Rcpts: []Rcpt{{Addr: "a@x", State: Pending}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path(refilled), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(appendTrailer([]byte(short), meta), 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	te.ev = newEvents()
+	s := te.open(t, Options{})
+	if ev := te.ev.wait(t, EventLoaded, ""); ev.Queued != 1 || ev.Err != nil {
+		t.Errorf("loaded %d (err %v), want the one message", ev.Queued, ev.Err)
+	}
+	for range 3 {
+		if ev := te.ev.wait(t, EventRemovedTemp, ""); !errors.Is(ev.Err, ErrEmptyLeftover) {
+			t.Errorf("removed-temp: %v, want ErrEmptyLeftover", ev.Err)
+		}
+	}
+	if list, err := s.List(); err != nil || len(list) != 1 || list[0].ID != kept {
+		t.Errorf("List: %v, %v; want only %s", list, err, kept)
+	}
+	d := &deliverer{}
+	run(t, s, d)
+	te.ev.wait(t, EventDelivered, kept)
+	if calls := d.Calls(); len(calls) != 1 {
+		t.Errorf("%d deliveries, want only the kept message", len(calls))
+	}
+	if names := files(t, te.dir, dirCorrupt); len(names) != 0 {
+		t.Errorf("quarantined %v", names)
+	}
+	assertEmptySpool(t, te.dir)
+}
+
+// TestReuseTakesOnlyMessageFiles: Reuse marks only a whole message's file
+// of at most the size given, and OpenReady opens only an empty or marked
+// file: neither can touch a queued message or anything else.
+func TestReuseTakesOnlyMessageFiles(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	meta := []byte(`{"ID":"20261127T111500-abcdefghij"}`)
+	message := appendTrailer([]byte("Subject: x\r\n\r\nbody\r\n"), meta)
+	marked := append([]byte(nil), message...)
+	copy(marked[len(marked)-footerSize:], reusedMagic)
+	for _, tt := range []struct {
+		name       string
+		content    []byte // nil: a directory
+		reuse      bool   // Reuse(maxSize 1 KiB) marks it
+		openReady  bool   // OpenReady opens it
+		reusedSize int64
+	}{
+		{name: "message", content: message, reuse: true},
+		{name: "message over the size", content: appendTrailer([]byte(strings.Repeat("x", 2000)), meta)},
+		{name: "empty", content: []byte{}, openReady: true},
+		{name: "marked", content: marked, openReady: true, reusedSize: int64(len(marked))},
+		{name: "no footer", content: []byte("Subject: x\r\n\r\nbody\r\n")},
+		{name: "short", content: []byte(reusedMagic)},
+		{name: "directory"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(dir, strings.ReplaceAll(tt.name, " ", "-"))
+			if tt.content == nil {
+				if err := os.Mkdir(path, 0o700); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				writeFile(t, path, string(tt.content))
+			}
+			f, size, err := OSFS().OpenReady(path)
+			if (err == nil) != tt.openReady {
+				t.Errorf("OpenReady: %v, want opened %v", err, tt.openReady)
+			}
+			if err == nil {
+				f.Close()
+				if size != tt.reusedSize {
+					t.Errorf("OpenReady: size %d, want %d", size, tt.reusedSize)
+				}
+			}
+			err = OSFS().Reuse(path, 1<<10)
+			if (err == nil) != tt.reuse {
+				t.Errorf("Reuse: %v, want marked %v", err, tt.reuse)
+			}
+			if tt.content == nil {
+				return
+			}
+			got, rerr := os.ReadFile(path)
+			if rerr != nil {
+				t.Fatal(rerr)
+			}
+			switch {
+			case err == nil && string(got) != string(marked):
+				t.Errorf("marked as %q, want %q", got, marked)
+			case err != nil && string(got) != string(tt.content):
+				t.Errorf("refused, but changed to %q", got)
+			}
+		})
+	}
+}

@@ -1,0 +1,9 @@
+//go:build !linux
+
+package spool
+
+import "os"
+
+// settle makes f's data durable; without sync_file_range(2), at the cost of
+// a flush of its own.
+func settle(f *os.File) error { return f.Sync() }
