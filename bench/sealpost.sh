@@ -73,7 +73,7 @@ for _ in $(seq 50); do
 	(exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
 	sleep 0.1
 done
-# A queued message always has its file in body/; the empty files there
-# are made ready for messages to come.
-queue_empty="test -z \"\$(find $work/spool/body -type f -size +0 2>/dev/null | head -1)\""
+# The spool's own listing: body/ also holds files made ready for messages
+# to come (empty, or delivered messages' kept for reuse).
+queue_empty="test \"\$('$work/sealpost' queue list -json -config '$work/relay.toml' 2>&1)\" = '[]'"
 bash "$kit/run.sh" -p "$port" -l "sealpost-$mode" -P "$pid" -q "$queue_empty" "$@"
