@@ -16,25 +16,35 @@ import (
 //
 // A delivered message's file is kept for a later message rather than
 // removed, when the pool is short and the file small (maxReusedSize):
-// Reuse marks its footer, so that it is no message from then on, and the
-// refill settles that mark (sync_file_range: a write, no flush), renames
-// the file to a fresh ID and has it in the same directory fsync as the
-// files it creates. A Put then overwrites it and cuts off what is left.
-// That spares an unlink and a create per message, and the freeing and
-// allocating of its inode and blocks: on a file system mounted with
-// discard, a TRIM per delivered message. (BenchmarkRelayEndToEnd, no DKIM,
-// c = 10, against removing and creating, five interleaved runs: +21 %
-// msg/s, p = 0.016; discards per message 1.01 → 0.1.)
+// Reuse marks its footer, so that it is no message from then on, and it
+// is renamed at once to <fresh id>.reuse. The refill settles the marks
+// (sync_file_range: a write, no flush), flushes them with an fsync of
+// body/, renames the files to fresh IDs and has them in the directory
+// fsync it does for the files it creates. A Put then overwrites one and
+// cuts off what is left. That spares an unlink and a create per message,
+// and the freeing and allocating of its inode and blocks: on a file
+// system mounted with discard, a TRIM per delivered message.
+// (BenchmarkRelayEndToEnd against removing and creating, six interleaved
+// runs: +11 % msg/s geomean; discards per message 1.01 → 0.03–0.06.)
 //
 // A ready file that is never filled is empty or marked: what a Put cut
 // short before its first byte leaves. Close removes the ones left. After a
-// crash, Open's recovery looks at the newest never-attempted files (ready
-// files are among them) and removes those; any it did not look at (a
-// delivered message's file marked but not yet renamed keeps the old ID)
-// is removed as such at its first attempt. If a power failure undoes the
-// mark but not the rename (on a copy-on-write file system, where a write
-// in place needs metadata), the file holds a delivered message under
-// another ID, which the recovery quarantines rather than delivers.
+// crash, Open's recovery removes the .reuse files by name, and looks at
+// the newest never-attempted files (ready files are among them) and
+// removes those that are empty or marked; any other is removed as such at
+// its first attempt. A marked file that kept its old name (a crash between
+// the mark and the rename) is one of those; if the mark was lost too, it
+// is the delivered message, delivered again, as after an unlink that a
+// power failure undid. On a copy-on-write file system, where a write in
+// place needs metadata that sync_file_range does not write, a power
+// failure could keep a rename and lose its mark: the file then holds a
+// delivered message under another ID, which the recovery quarantines
+// rather than delivers.
+//
+// A process that opened a delivered message's file just before it was
+// reused (a `queue show` racing the delivery) may read a later message's
+// bytes: the recorded length and sum make that read fail as damaged
+// rather than return them.
 
 // maxReusedSize is the largest delivered message's file kept for a later
 // message; a bigger one is removed (ready files should not hold disk).
@@ -58,8 +68,8 @@ type readyFiles struct {
 	closed bool
 	ready  []readyFile   // created, and body/ synced since; oldest first
 	handed map[ID]bool   // given out by NewID, not yet claimed by PutID
-	stale  []ID          // to remove
-	reused []ID          // delivered messages' files marked by Reuse, to rename into the pool
+	stale  []string      // names in body/ to remove
+	reused []ID          // delivered messages' files marked by Reuse, as <id>.reuse, to rename into the pool
 	refill chan struct{} // capacity 1
 }
 
@@ -75,7 +85,7 @@ func (r *readyFiles) take(now time.Time) (ID, bool) {
 		return "", false
 	}
 	for len(r.ready) > 0 && now.Sub(r.ready[0].made) > maxReadyAge {
-		r.stale = append(r.stale, r.ready[0].id)
+		r.stale = append(r.stale, string(r.ready[0].id)+extBody)
 		r.ready = r.ready[1:]
 	}
 	if len(r.ready) <= r.want/2 {
@@ -109,26 +119,40 @@ func (r *readyFiles) drop(id ID) {
 }
 
 // reuse keeps the file of id, a delivered message, for a later message if
-// the pool wants one and FS.Reuse takes it. False leaves the file as it
-// was, for the caller to remove.
+// the pool wants one and FS.Reuse takes it. The marked file is renamed at
+// once to <fresh id>.reuse: no longer under the delivered message's name,
+// and under one that the recovery removes by name after a crash, never
+// counting it as queued. False leaves the file for the caller to remove.
 func (r *readyFiles) reuse(id ID) bool {
 	r.mu.Lock()
 	// Up to twice the pool: the files of messages delivered meanwhile
-	// come back in a stream, and wait for the next refill's rename.
+	// come back in a stream, and wait for the next refill.
 	wanted := !r.closed && len(r.ready)+len(r.reused) < 2*r.want
 	r.mu.Unlock()
-	if !wanted || r.s.fs.Reuse(r.s.path(dirBody, string(id)+extBody), maxReusedSize) != nil {
+	if !wanted {
+		return false
+	}
+	name := r.s.path(dirBody, string(id)+extBody)
+	if r.s.fs.Reuse(name, maxReusedSize) != nil {
+		return false
+	}
+	kept := newID(r.s.now())
+	keptName := r.s.path(dirBody, string(kept)+extReuse)
+	if r.s.fs.Rename(name, keptName) != nil {
 		return false
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.closed {
-		return false // the refill has stopped: the caller removes it
+		// The refill has stopped and will not remove it.
+		r.mu.Unlock()
+		r.s.fs.Remove(keptName)
+		return true
 	}
-	r.reused = append(r.reused, id)
+	r.reused = append(r.reused, kept)
 	if len(r.ready) <= r.want/2 {
 		r.kick()
 	}
+	r.mu.Unlock()
 	return true
 }
 
@@ -141,7 +165,7 @@ func (r *readyFiles) giveBack(id ID) {
 	}
 	delete(r.handed, id)
 	if r.closed {
-		r.stale = append(r.stale, id)
+		r.stale = append(r.stale, string(id)+extBody)
 		return
 	}
 	// Made before the rest: it goes first, and ages out first.
@@ -167,12 +191,14 @@ func (r *readyFiles) run() {
 			r.mu.Lock()
 			r.closed = true
 			for _, f := range r.ready {
-				r.stale = append(r.stale, f.id)
+				r.stale = append(r.stale, string(f.id)+extBody)
 			}
 			for id := range r.handed {
-				r.stale = append(r.stale, id)
+				r.stale = append(r.stale, string(id)+extBody)
 			}
-			r.stale = append(r.stale, r.reused...)
+			for _, id := range r.reused {
+				r.stale = append(r.stale, string(id)+extReuse)
+			}
 			r.ready, r.handed, r.reused = nil, map[ID]bool{}, nil
 			r.mu.Unlock()
 			r.removeStale()
@@ -199,8 +225,8 @@ func (r *readyFiles) removeStale() {
 	stale := r.stale
 	r.stale = nil
 	r.mu.Unlock()
-	for _, id := range stale {
-		r.s.fs.Remove(r.s.path(dirBody, string(id)+extBody))
+	for _, name := range stale {
+		r.s.fs.Remove(r.s.path(dirBody, name))
 	}
 }
 
@@ -210,26 +236,43 @@ func (r *readyFiles) removeStale() {
 // the pool half full: the next delivered messages bring the rest.
 func (r *readyFiles) fill() error {
 	r.mu.Lock()
-	n := r.want - len(r.ready)
-	reused := r.reused[:min(n, len(r.reused))]
-	r.reused = r.reused[len(reused):]
-	create := n - len(reused)
-	if len(reused) > 0 {
-		create = r.want/2 - len(r.ready) - len(reused)
+	// Files given back may have filled the pool beyond want.
+	n := max(r.want-len(r.ready), 0)
+	k := min(n, len(r.reused))
+	reused := r.reused[:k]
+	r.reused = r.reused[k:]
+	create := n - k
+	if k > 0 {
+		create = r.want/2 - len(r.ready) - k
 	}
 	r.mu.Unlock()
 	var made []readyFile
 	var err error
-	for _, old := range reused {
-		oldName := r.s.path(dirBody, string(old)+extBody)
+	// A kept file's mark must be durable before its new name can be, or
+	// a power failure could leave the delivered message under that name:
+	// the marks are written out, flushed by an fsync of body/, and only
+	// then are the files renamed.
+	var settled []ID
+	for _, kept := range reused {
+		if r.s.fs.Settle(r.s.path(dirBody, string(kept)+extReuse)) != nil {
+			r.discard(string(kept) + extReuse)
+			continue
+		}
+		settled = append(settled, kept)
+	}
+	if len(settled) > 0 {
+		if serr := r.s.bodySync.sync(); serr != nil {
+			for _, kept := range settled {
+				r.discard(string(kept) + extReuse)
+			}
+			return fmt.Errorf("sync body directory: %w", serr)
+		}
+	}
+	for _, kept := range settled {
 		now := r.s.now()
 		id := newID(now)
-		// The mark is written before the new name can be durable, or a
-		// crash could leave the delivered message under the new name.
-		if r.s.fs.Settle(oldName) != nil || r.s.fs.Rename(oldName, r.s.path(dirBody, string(id)+extBody)) != nil {
-			r.mu.Lock()
-			r.stale = append(r.stale, old)
-			r.mu.Unlock()
+		if r.s.fs.Rename(r.s.path(dirBody, string(kept)+extReuse), r.s.path(dirBody, string(id)+extBody)) != nil {
+			r.discard(string(kept) + extReuse)
 			continue
 		}
 		made = append(made, readyFile{id: id, made: now})
@@ -243,9 +286,7 @@ func (r *readyFiles) fill() error {
 			break
 		}
 		if cerr := f.Close(); cerr != nil {
-			r.mu.Lock()
-			r.stale = append(r.stale, id)
-			r.mu.Unlock()
+			r.discard(string(id) + extBody)
 			err = cerr
 			break
 		}
@@ -253,11 +294,9 @@ func (r *readyFiles) fill() error {
 	}
 	if len(made) > 0 {
 		if serr := r.s.bodySync.sync(); serr != nil {
-			r.mu.Lock()
 			for _, f := range made {
-				r.stale = append(r.stale, f.id)
+				r.discard(string(f.id) + extBody)
 			}
-			r.mu.Unlock()
 			return fmt.Errorf("sync body directory: %w", serr)
 		}
 	}
@@ -269,8 +308,15 @@ func (r *readyFiles) fill() error {
 		r.ready = append(r.ready, made[:keep]...)
 	}
 	for _, f := range made[keep:] {
-		r.stale = append(r.stale, f.id)
+		r.stale = append(r.stale, string(f.id)+extBody)
 	}
 	r.mu.Unlock()
 	return err
+}
+
+// discard has the file name in body/ removed by the next removeStale.
+func (r *readyFiles) discard(name string) {
+	r.mu.Lock()
+	r.stale = append(r.stale, name)
+	r.mu.Unlock()
 }

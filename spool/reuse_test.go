@@ -98,38 +98,48 @@ func TestDeliveredFilesReused(t *testing.T) {
 }
 
 // TestReusedFilesAfterACrash: nothing a crash can leave of a delivered
-// message's file kept for reuse is delivered or listed: the file marked
-// under its old ID (before the refill renamed it), marked under a new ID
-// (in the pool), and overwritten in part by a later message whose Put
-// never finished (its trailer written, the old marked end not yet cut
-// off). The recovery removes each as a file made ready.
+// message's file kept for reuse is delivered, listed or counted: the file
+// marked under its old ID (a crash before the rename), under its .reuse
+// name (with its mark, or without it: a power failure that kept the rename
+// only), marked under a new ID (in the pool), and overwritten in part by a
+// later message whose Put never finished (its trailer written, the old
+// marked end not yet cut off). The recovery removes each as a file made
+// ready.
 func TestReusedFilesAfterACrash(t *testing.T) {
 	t.Parallel()
 	te := newTestEnv(t, Options{})
 	long := "Subject: delivered\r\n\r\n" + strings.Repeat("d", 5000) + "\r\n"
-	marked, pooled, overwritten := put(t, te.s, long, "a@x"), put(t, te.s, long, "a@x"), put(t, te.s, long, "a@x")
+	var delivered []ID
+	for range 5 {
+		delivered = append(delivered, put(t, te.s, long, "a@x"))
+	}
 	kept := put(t, te.s, "Subject: kept\r\n\r\nbody\r\n", "a@x")
 	te.s.Close()
-	path := func(id ID) string { return filepath.Join(te.dir, dirBody, string(id)+extBody) }
-	for _, id := range []ID{marked, pooled, overwritten} {
-		if err := OSFS().Reuse(path(id), maxReusedSize); err != nil {
+	path := func(id ID, ext string) string { return filepath.Join(te.dir, dirBody, string(id)+ext) }
+	marked, renamed, unmarked, pooled, overwritten := delivered[0], delivered[1], delivered[2], delivered[3], delivered[4]
+	for _, id := range []ID{marked, renamed, pooled, overwritten} {
+		if err := OSFS().Reuse(path(id, extBody), maxReusedSize); err != nil {
 			t.Fatal(err)
 		}
 	}
-	renamed, refilled := newID(te.clock.Now()), newID(te.clock.Now())
-	if err := os.Rename(path(pooled), path(renamed)); err != nil {
-		t.Fatal(err)
+	move := func(from ID, to ID, ext string) {
+		t.Helper()
+		if err := os.Rename(path(from, extBody), path(to, ext)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := os.Rename(path(overwritten), path(refilled)); err != nil {
-		t.Fatal(err)
-	}
+	move(renamed, newID(te.clock.Now()), extReuse)
+	move(unmarked, newID(te.clock.Now()), extReuse)
+	move(pooled, newID(te.clock.Now()), extBody)
+	refilled := newID(te.clock.Now())
+	move(overwritten, refilled, extBody)
 	short := "Subject: never acknowledged\r\n\r\nx\r\n"
 	meta, err := encodeMessage(&Message{ID: refilled, Envelope: Envelope{From: "app@example.com", To: []string{"a@x"}},
 		Size: int64(len(short)), Rcpts: []Rcpt{{Addr: "a@x", State: Pending}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.OpenFile(path(refilled), os.O_WRONLY, 0)
+	f, err := os.OpenFile(path(refilled, extBody), os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +153,7 @@ func TestReusedFilesAfterACrash(t *testing.T) {
 	if ev := te.ev.wait(t, EventLoaded, ""); ev.Queued != 1 || ev.Err != nil {
 		t.Errorf("loaded %d (err %v), want the one message", ev.Queued, ev.Err)
 	}
-	for range 3 {
+	for range 5 {
 		if ev := te.ev.wait(t, EventRemovedTemp, ""); !errors.Is(ev.Err, ErrEmptyLeftover) {
 			t.Errorf("removed-temp: %v, want ErrEmptyLeftover", ev.Err)
 		}
@@ -161,6 +171,80 @@ func TestReusedFilesAfterACrash(t *testing.T) {
 		t.Errorf("quarantined %v", names)
 	}
 	assertEmptySpool(t, te.dir)
+}
+
+// TestShortMessagesInLongReusedFiles: a message stored in the file of a
+// longer delivered one is cut to its own length before its fsync, so that
+// after a crash its trailer, at the end of the file, is found and it is
+// delivered as it was submitted.
+func TestShortMessagesInLongReusedFiles(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{ReadyFiles: 2})
+	waitReady(t, te.s, 2)
+	stop := run(t, te.s, &deliverer{})
+	for range 6 {
+		id := put(t, te.s, "Subject: long\r\n\r\n"+strings.Repeat("L", 20000)+"\r\n", "a@x")
+		te.ev.wait(t, EventDelivered, id)
+	}
+	stop()
+	const short = "Subject: short\r\n\r\nS\r\n"
+	var ids []ID
+	for range 4 {
+		ids = append(ids, put(t, te.s, short, "a@x"))
+	}
+	crashed := crashCopy(t, te.dir)
+	te2 := &testEnv{dir: crashed, clock: te.clock, ev: newEvents()}
+	s := te2.open(t, Options{})
+	d := &deliverer{}
+	run(t, s, d)
+	for _, id := range ids {
+		te2.ev.wait(t, EventDelivered, id)
+	}
+	for _, c := range d.Calls() {
+		if c.body != short {
+			t.Errorf("delivered %d bytes %.40q…, want %q", len(c.body), c.body, short)
+		}
+	}
+}
+
+// TestReadyPoolOverfull: files given back while a refill runs can leave
+// the pool holding more than it wants; a refill then has nothing to do
+// (it used to slice with a negative bound and panic), and the spool goes
+// on working.
+func TestReadyPoolOverfull(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{ReadyFiles: 2})
+	waitReady(t, te.s, 2)
+	a, b := te.s.NewID(), te.s.NewID() // the second take asks for a refill
+	waitReady(t, te.s, 2)
+	te.s.DiscardID(a)
+	te.s.DiscardID(b)
+	te.s.ready.mu.Lock()
+	n := len(te.s.ready.ready)
+	te.s.ready.mu.Unlock()
+	if n <= 2 {
+		t.Fatalf("%d ready files, want more than the 2 wanted", n)
+	}
+	func() {
+		defer func() {
+			if p := recover(); p != nil {
+				// fill panicked holding the pool's lock: let it go, or
+				// Close would wait for it forever.
+				te.s.ready.mu.TryLock()
+				te.s.ready.mu.Unlock()
+				t.Errorf("fill of an overfull pool panicked: %v", p)
+			}
+		}()
+		if err := te.s.ready.fill(); err != nil {
+			t.Errorf("fill of an overfull pool: %v", err)
+		}
+	}()
+	d := &deliverer{}
+	run(t, te.s, d)
+	for i := range 4 {
+		id := put(t, te.s, fmt.Sprintf("Subject: %d\r\n\r\nbody\r\n", i), "a@x")
+		te.ev.wait(t, EventDelivered, id)
+	}
 }
 
 // TestReuseTakesOnlyMessageFiles: Reuse marks only a whole message's file

@@ -29,6 +29,9 @@ const (
 
 	extBody = ".eml"
 	extMeta = ".json"
+	// extReuse names a delivered message's file in body/, marked and kept
+	// for a later message, until the refill gives it an ID (readyfiles.go).
+	extReuse = ".reuse"
 )
 
 var (
@@ -1106,6 +1109,16 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 	// dates; so they go oldest first.
 	ids = ids[:0]
 	for name := range bodies {
+		if kept, ok := idFromName(name, extReuse); ok {
+			switch err := s.fs.Remove(s.path(dirBody, name)); {
+			case errors.Is(err, fs.ErrNotExist):
+			case err != nil:
+				s.event(Event{Kind: EventRemovedTemp, ID: kept, Err: fmt.Errorf("spool: remove %s: %w", name, err)})
+			default:
+				s.event(Event{Kind: EventRemovedTemp, ID: kept, Err: fmt.Errorf("%w %s (a delivered message's, kept for a later one)", ErrEmptyLeftover, name)})
+			}
+			continue
+		}
 		id, ok := idFromName(name, extBody)
 		if !ok {
 			// Not ours to delete; out of the way.
