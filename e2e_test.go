@@ -133,21 +133,7 @@ type daemon struct {
 
 func startServe(t *testing.T, config, listen string) *daemon {
 	t.Helper()
-	d := &daemon{stderr: &lockedBuffer{}, done: make(chan error, 1)}
-	d.cmd = exec.Command(sealpostBin, "serve", "-config", config)
-	d.cmd.Stderr = d.stderr
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.done <- d.cmd.Wait() }()
-	t.Cleanup(func() {
-		d.checkArgv(t)
-		d.cmd.Process.Kill()
-		<-d.done
-		if strings.Contains(d.stderr.String(), e2ePassword) {
-			t.Errorf("the upstream password appears in sealpost's log")
-		}
-	})
+	d := spawnServe(t, config)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		c, err := net.DialTimeout("tcp", listen, time.Second)
@@ -165,6 +151,29 @@ func startServe(t *testing.T, config, listen string) *daemon {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// spawnServe starts `sealpost serve` with config; the test's end kills it,
+// after checking that no secret shows in its command line or log.
+func spawnServe(t *testing.T, config string) *daemon {
+	t.Helper()
+	d := &daemon{stderr: &lockedBuffer{}, done: make(chan error, 1)}
+	d.cmd = exec.Command(sealpostBin, "serve", "-config", config)
+	d.cmd.Stderr = d.stderr
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.done <- d.cmd.Wait() }()
+	t.Cleanup(func() {
+		d.checkArgv(t)
+		d.cmd.Process.Kill()
+		err := <-d.done
+		d.done <- err
+		if strings.Contains(d.stderr.String(), e2ePassword) {
+			t.Errorf("the upstream password appears in sealpost's log")
+		}
+	})
+	return d
 }
 
 // checkArgv checks DESIGN.md's promise 2 for argv while the daemon runs,
@@ -354,14 +363,7 @@ func TestServeStopsWhileStarting(t *testing.T) {
 	if err := os.WriteFile(cfg, src, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{stderr: &lockedBuffer{}, done: make(chan error, 1)}
-	d.cmd = exec.Command(sealpostBin, "serve", "-config", cfg)
-	d.cmd.Stderr = d.stderr
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.done <- d.cmd.Wait() }()
-	t.Cleanup(func() { d.cmd.Process.Kill(); d.waitExit(t) })
+	d := spawnServe(t, cfg)
 	for i := 0; ; i++ {
 		if _, err := os.Stat(started); err == nil {
 			break
