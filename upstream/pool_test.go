@@ -12,6 +12,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"sealpost/internal/fakeclock"
 	"sealpost/upstream"
 	"sealpost/upstream/upstreamtest"
 )
@@ -272,20 +273,19 @@ func TestPoolConcurrentFailuresAreOne(t *testing.T) {
 
 // hangingDeadPool is a pool over a dead upstream (every dial is refused)
 // whose hang-th dial hangs until release is closed: a dial or TLS
-// handshake that lasts until its timeout. Its clock moves by advance.
+// handshake that lasts until its timeout. Its clock is moved by hand.
 type hangingDeadPool struct {
 	p                *upstream.Pool
 	calls            atomic.Int32
 	started, release chan struct{}
-	mu               sync.Mutex
-	now              time.Time
+	clock            *fakeclock.Clock
 }
 
 func newHangingDeadPool(t *testing.T, hang int32, backoff ...time.Duration) *hangingDeadPool {
 	t.Helper()
 	f := newUpstream(t, upstreamtest.Options{TLS: upstreamtest.TLSStartTLS, Users: map[string]string{user: password}})
 	cfg := f.config(t, "starttls")
-	h := &hangingDeadPool{started: make(chan struct{}), release: make(chan struct{}), now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	h := &hangingDeadPool{started: make(chan struct{}), release: make(chan struct{}), clock: fakeclock.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))}
 	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		if h.calls.Add(1) == hang {
 			close(h.started)
@@ -293,21 +293,9 @@ func newHangingDeadPool(t *testing.T, hang int32, backoff ...time.Duration) *han
 		}
 		return nil, errors.New("connection refused (test)")
 	}
-	h.p = upstream.NewPool(newClient(t, cfg), upstream.PoolConfig{MaxConnections: 2, Backoff: backoff, Now: h.clock})
+	h.p = upstream.NewPool(newClient(t, cfg), upstream.PoolConfig{MaxConnections: 2, Backoff: backoff, Now: h.clock.Now})
 	t.Cleanup(h.p.Close)
 	return h
-}
-
-func (h *hangingDeadPool) clock() time.Time {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.now
-}
-
-func (h *hangingDeadPool) advance(d time.Duration) {
-	h.mu.Lock()
-	h.now = h.now.Add(d)
-	h.mu.Unlock()
 }
 
 // TestPoolSlowFailureDuringPause: a dial that began before another's
@@ -325,7 +313,7 @@ func TestPoolSlowFailureDuringPause(t *testing.T) {
 	if _, err := poolDeliver(t, p, "b@example.org"); err == nil {
 		t.Fatal("a delivery to a dead upstream succeeded")
 	}
-	h.advance(2 * time.Minute) // the first pause is over
+	h.clock.Advance(2 * time.Minute) // the first pause is over
 	close(h.release)
 	<-slow
 	_, err := poolDeliver(t, p, "c@example.org")
@@ -363,7 +351,7 @@ func TestPoolRetryNowOutlivesDialInFlight(t *testing.T) {
 			if _, err := poolDeliver(t, p, "a@example.org"); err == nil {
 				t.Fatal("a delivery to a dead upstream succeeded")
 			}
-			h.advance(2 * time.Minute) // the first pause is over: the next delivery probes
+			h.clock.Advance(2 * time.Minute) // the first pause is over: the next delivery probes
 			probe := make(chan error, 1)
 			go func() { _, err := poolDeliver(t, p, "b@example.org"); probe <- err }()
 			<-h.started
