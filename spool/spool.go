@@ -43,10 +43,11 @@ var (
 	ErrClosed = errors.New("spool: closed")
 	// ErrReadOnly is returned by operations that write, on a spool opened ReadOnly.
 	ErrReadOnly = errors.New("spool: opened read-only")
-	// ErrEmptyLeftover is wrapped by the Err of an EventRemovedTemp for an
-	// empty body file: one made ready that a crash left unused, or a
-	// submission cut off before its first byte. Nothing of a message was
-	// in it; a crash leaves up to Options.ReadyFiles of them.
+	// ErrEmptyLeftover is wrapped by the Err of an EventRemovedTemp for a
+	// body file made ready for a message (empty, or a delivered message's
+	// kept for reuse) that a crash left unused, or an empty one of a
+	// submission cut off before its first byte. No queued message was in
+	// it; a crash leaves up to twice Options.ReadyFiles of them.
 	ErrEmptyLeftover = errors.New("spool: removed an empty body file")
 )
 
@@ -709,7 +710,7 @@ type metaRead struct {
 	err        error    // why m is nil: the read error, or the decoding error
 	readFail   bool     // err is the read's
 	incomplete bool     // a first write cut short: metadata (incompleteMeta) or a body file without a whole trailer
-	empty      bool     // incomplete, and a file made ready (empty, or marked by Reuse)
+	ready      bool     // incomplete, and a file made ready (empty, or marked by Reuse)
 	// fromTrailer: queue/ has no metadata file, so it came from the end of
 	// the body file (trailer.go).
 	fromTrailer bool
@@ -750,7 +751,7 @@ func (s *Spool) loadTrailer(id ID, decode decoder) metaRead {
 	case state == trailerAbsent || state == trailerReady:
 		// A file made ready is empty, or a delivered message's kept for
 		// a later one.
-		r.err, r.incomplete, r.empty = fmt.Errorf("%w: body file without its metadata", ErrCorrupt), true, size == 0 || state == trailerReady
+		r.err, r.incomplete, r.ready = fmt.Errorf("%w: body file without its metadata", ErrCorrupt), true, size == 0 || state == trailerReady
 	case state == trailerDamaged:
 		r.err = fmt.Errorf("%w: the metadata at the end of the body file does not match its checksum", ErrCorrupt)
 	default:
@@ -1110,13 +1111,7 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 	ids = ids[:0]
 	for name := range bodies {
 		if kept, ok := idFromName(name, extReuse); ok {
-			switch err := s.fs.Remove(s.path(dirBody, name)); {
-			case errors.Is(err, fs.ErrNotExist):
-			case err != nil:
-				s.event(Event{Kind: EventRemovedTemp, ID: kept, Err: fmt.Errorf("spool: remove %s: %w", name, err)})
-			default:
-				s.event(Event{Kind: EventRemovedTemp, ID: kept, Err: fmt.Errorf("%w %s (a delivered message's, kept for a later one)", ErrEmptyLeftover, name)})
-			}
+			s.removeLeftover(kept, name, true)
 			continue
 		}
 		id, ok := idFromName(name, extBody)
@@ -1143,7 +1138,7 @@ func (s *Spool) recover(snap recoverySnapshot) (loaded int, err error) {
 	for i, id := range ids {
 		if i >= recent {
 			if r := s.loadTrailer(id, decodeListing); r.incomplete {
-				s.removeLeftover(id, r)
+				s.removeLeftover(id, string(id)+extBody, r.ready)
 				continue
 			}
 		}
@@ -1171,22 +1166,22 @@ func (s *Spool) loadUnread(it *item) (*Message, error) {
 		}
 		return metaResult(r, "get")
 	}
-	s.removeLeftover(it.id, r)
+	s.removeLeftover(it.id, string(it.id)+extBody, r.ready)
 	return nil, fmt.Errorf("spool: get %s: %w", it.id, ErrNotFound)
 }
 
-// removeLeftover removes the body file of id, which r found without a
-// whole trailer: of an earlier process, so never acknowledged.
-func (s *Spool) removeLeftover(id ID, r metaRead) {
-	name := string(id) + extBody
+// removeLeftover removes body/name, of an earlier process and without a
+// whole trailer, so never acknowledged: a Put that a crash cut short, or
+// (ready) a file made ready for a message.
+func (s *Spool) removeLeftover(id ID, name string, ready bool) {
 	err := s.fs.Remove(s.path(dirBody, name))
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		err = nil
 	case err != nil:
 		err = fmt.Errorf("spool: remove body without metadata %s: %w", name, err)
-	case r.empty:
-		err = fmt.Errorf("%w %s (made ready for a message before a crash, or a submission cut off before its first byte)", ErrEmptyLeftover, name)
+	case ready:
+		err = fmt.Errorf("%w %s (made ready for a message before a crash: empty, or a delivered message's kept for reuse; or a submission cut off before its first byte)", ErrEmptyLeftover, name)
 	default:
 		err = fmt.Errorf("spool: removed body without metadata %s", name)
 	}
