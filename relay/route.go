@@ -341,7 +341,8 @@ func (d *routingDeliverer) Deliver(ctx context.Context, id spool.ID, env spool.E
 		if backoff != nil {
 			d.rt.count(u, "backoff")
 			d.audit.metrics.upstreamAttempt(err, info, env.Received)
-			// Keyed by the routed upstream: its messages wait, others flow.
+			// Keyed by the routed upstream: its messages wait, others
+			// flow (with one upstream, the whole queue waits: PauseKey).
 			pause = earlier(pause, d.rt.pauseError(cands[0], backoff.Until, "backoff", backoff.Last))
 			lastErr = err
 			continue

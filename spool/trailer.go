@@ -65,10 +65,14 @@ const (
 // bytes, of which tail holds the last len(tail). need > 0 asks for that
 // many bytes from the end before it can tell.
 func parseTrailer(tail []byte, size int64) (metaJSON []byte, state trailerState, need int64) {
-	if len(tail) >= footerSize && string(tail[len(tail)-footerSize:len(tail)-8]) == reusedMagic {
-		return nil, trailerReady, 0
+	if len(tail) < footerSize {
+		return nil, trailerAbsent, 0
 	}
-	if len(tail) < footerSize || string(tail[len(tail)-footerSize:len(tail)-8]) != trailerMagic {
+	switch string(tail[len(tail)-footerSize : len(tail)-8]) {
+	case trailerMagic:
+	case reusedMagic:
+		return nil, trailerReady, 0
+	default:
 		return nil, trailerAbsent, 0
 	}
 	footer := tail[len(tail)-8:]
