@@ -44,6 +44,10 @@ type FS interface {
 	// order: cheaper than ReadDir for a queue of 100,000.
 	ReadDirNames(name string) ([]string, error)
 	Rename(oldpath, newpath string) error
+	// RenameFresh renames to a name that must not exist yet (a fresh
+	// ID's): if newpath exists it fails with an error wrapping
+	// fs.ErrExist and leaves both files as they were.
+	RenameFresh(oldpath, newpath string) error
 	Remove(name string) error
 	// SyncDir makes the directory's entries (renames, removals) durable.
 	SyncDir(name string) error
@@ -153,8 +157,8 @@ func (osFS) ReadDirNames(name string) ([]string, error) {
 	names, err := d.Readdirnames(-1)
 	return names, errors.Join(err, d.Close())
 }
-func (osFS) Rename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }
-func (osFS) Remove(name string) error             { return os.Remove(name) }
+func (osFS) RenameFresh(oldpath, newpath string) error { return renameFresh(oldpath, newpath) }
+func (osFS) Remove(name string) error                  { return os.Remove(name) }
 func (osFS) SyncDir(name string) error {
 	d, err := openDir(name)
 	if err != nil {
@@ -268,4 +272,14 @@ func (d *dirSyncer) close() error {
 	err := d.handle.Close()
 	d.handle = nil
 	return err
+}
+
+// renameIfAbsent renames unless newpath exists, in two steps.
+func renameIfAbsent(oldpath, newpath string) error {
+	if _, err := os.Lstat(newpath); err == nil {
+		return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: fs.ErrExist}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return os.Rename(oldpath, newpath)
 }

@@ -37,3 +37,5 @@ func readTail(name string, buf []byte) ([]byte, int64, error) {
 	// Cut short since the Stat: what there is.
 	return tail[:k], size - n + int64(k), nil
 }
+
+func (osFS) Rename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }

@@ -8,6 +8,22 @@ import (
 	"syscall"
 )
 
+// Rename is rename(2) alone: os.Rename first stats the new name, a
+// second system call for each rename, to refuse renaming onto a directory,
+// which rename(2) refuses itself.
+func (osFS) Rename(oldpath, newpath string) error {
+	for {
+		err := syscall.Rename(oldpath, newpath)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: err}
+		}
+		return nil
+	}
+}
+
 func openDir(name string) (*os.File, error) {
 	return openRegular(name, os.O_RDONLY|syscall.O_DIRECTORY, 0)
 }

@@ -1,7 +1,9 @@
 package spool
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"sync"
 	"time"
 )
@@ -136,11 +138,11 @@ func (r *readyFiles) reuse(id ID) bool {
 	if r.s.fs.Reuse(name, maxReusedSize) != nil {
 		return false
 	}
-	kept := newID(r.s.now())
-	keptName := r.s.path(dirBody, string(kept)+extReuse)
-	if r.s.fs.Rename(name, keptName) != nil {
+	kept, _, err := r.renameFresh(name, extReuse)
+	if err != nil {
 		return false
 	}
+	keptName := r.s.path(dirBody, string(kept)+extReuse)
 	r.mu.Lock()
 	if r.closed {
 		// The refill has stopped and will not remove it.
@@ -269,9 +271,8 @@ func (r *readyFiles) fill() error {
 		}
 	}
 	for _, kept := range settled {
-		now := r.s.now()
-		id := newID(now)
-		if r.s.fs.Rename(r.s.path(dirBody, string(kept)+extReuse), r.s.path(dirBody, string(id)+extBody)) != nil {
+		id, now, err := r.renameFresh(r.s.path(dirBody, string(kept)+extReuse), extBody)
+		if err != nil {
 			r.discard(string(kept) + extReuse)
 			continue
 		}
@@ -312,6 +313,21 @@ func (r *readyFiles) fill() error {
 	}
 	r.mu.Unlock()
 	return err
+}
+
+// renameFresh renames the file from to a fresh ID's name in body/, with
+// extension ext, never over a file there: two IDs drawn alike (50 random
+// bits a second) draw again.
+func (r *readyFiles) renameFresh(from, ext string) (ID, time.Time, error) {
+	var err error
+	for range 3 {
+		now := r.s.now()
+		id := newID(now)
+		if err = r.s.fs.RenameFresh(from, r.s.path(dirBody, string(id)+ext)); !errors.Is(err, fs.ErrExist) {
+			return id, now, err
+		}
+	}
+	return "", time.Time{}, err
 }
 
 // discard has the file name in body/ removed by the next removeStale.
