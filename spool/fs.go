@@ -281,5 +281,5 @@ func renameIfAbsent(oldpath, newpath string) error {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	return os.Rename(oldpath, newpath)
+	return osFS{}.Rename(oldpath, newpath)
 }

@@ -8,9 +8,10 @@ import (
 	"syscall"
 )
 
-// Rename is rename(2) alone: os.Rename first stats the new name, a
-// second system call for each rename, to refuse renaming onto a directory,
-// which rename(2) refuses itself.
+// Rename is rename(2) alone. os.Rename first stats the new name, a second
+// system call for each rename, so as to refuse any rename onto a
+// directory; the spool renames regular files only, and rename(2) refuses
+// a file onto a directory itself (EISDIR).
 func (osFS) Rename(oldpath, newpath string) error {
 	for {
 		err := syscall.Rename(oldpath, newpath)

@@ -10,8 +10,10 @@ import (
 )
 
 // renameFresh renames with renameat2(2)'s RENAME_NOREPLACE: the kernel
-// checks and renames in one step. A file system without the flag (some
-// network and FUSE ones) gets the check and the rename as two steps.
+// checks and renames in one step. A file system without the flag (NFS,
+// some FUSE ones) answers EINVAL and gets the check and the rename as two
+// steps, after that failed call each time: a spool there is rare, and
+// remembering would be state shared by every spool of the process.
 func renameFresh(oldpath, newpath string) error {
 	err := unix.Renameat2(unix.AT_FDCWD, oldpath, unix.AT_FDCWD, newpath, unix.RENAME_NOREPLACE)
 	for err == unix.EINTR {

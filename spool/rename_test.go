@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 )
@@ -46,54 +47,112 @@ func TestRenameFreshNeverReplaces(t *testing.T) {
 	}
 }
 
-// takenNames makes the first few fresh renames find their name taken, as
-// if the ID drawn were another file's.
+// takenNames puts a file of its own (a decoy) under the name a fresh
+// rename is about to take, on every second call (every call while
+// always is set): the kernel then finds the name taken, as if the ID
+// drawn were another message's.
 type takenNames struct {
 	FS
-	taken atomic.Int64 // how many renames still find their name taken
+	always atomic.Bool
+	calls  atomic.Int64
+
+	mu      sync.Mutex
+	decoys  map[string]string // path -> content
+	renamed map[string]int    // extension -> fresh renames that took a name
+	hit     map[string]int    // extension -> decoys met
+}
+
+func newTakenNames() *takenNames {
+	return &takenNames{FS: OSFS(), decoys: map[string]string{}, renamed: map[string]int{}, hit: map[string]int{}}
 }
 
 func (f *takenNames) RenameFresh(oldpath, newpath string) error {
-	if f.taken.Add(-1) >= 0 {
-		return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: fs.ErrExist}
+	ext := filepath.Ext(newpath)
+	if f.always.Load() || f.calls.Add(1)%2 == 1 {
+		content := "decoy " + filepath.Base(newpath)
+		if err := os.WriteFile(newpath, []byte(content), 0o600); err != nil {
+			return err
+		}
+		f.mu.Lock()
+		f.decoys[newpath] = content
+		f.hit[ext]++
+		f.mu.Unlock()
 	}
-	return f.FS.RenameFresh(oldpath, newpath)
+	err := f.FS.RenameFresh(oldpath, newpath)
+	if err == nil {
+		f.mu.Lock()
+		f.renamed[ext]++
+		f.mu.Unlock()
+	}
+	return err
 }
 
-// TestReusedFileDrawsAnotherID: a delivered message's file kept for reuse
-// never takes the name of an existing file; its rename draws another ID,
-// and gives up (the file is removed, not kept) after a few.
-func TestReusedFileDrawsAnotherID(t *testing.T) {
+// TestFreshRenamesNeverReplace: the renames of delivered messages' files
+// kept for reuse (to <id>.reuse at delivery, to <id>.eml at the refill)
+// never replace a file under the name drawn; they draw another ID, and
+// every message is still stored and delivered exactly.
+func TestFreshRenamesNeverReplace(t *testing.T) {
 	t.Parallel()
-	for _, taken := range []int64{1, 3} {
-		t.Run(fmt.Sprintf("%d taken", taken), func(t *testing.T) {
-			t.Parallel()
-			fsys := &takenNames{FS: OSFS()}
-			te := newTestEnv(t, Options{FS: fsys, ReadyFiles: 4})
-			waitReady(t, te.s, 4)
-			id := put(t, te.s, "Subject: x\r\n\r\nbody\r\n", "a@x")
-			fsys.taken.Store(taken)
-			if !te.s.ready.reuse(id) {
-				if taken < 3 {
-					t.Fatal("the file was not kept after a taken name")
-				}
-				return
-			}
-			if taken >= 3 {
-				t.Fatal("the file was kept although every name drawn was taken")
-			}
-			if _, err := os.Stat(filepath.Join(te.dir, dirBody, string(id)+extBody)); !errors.Is(err, fs.ErrNotExist) {
-				t.Errorf("the delivered message's name is still there: %v", err)
-			}
-			var reuse []string
-			for _, name := range files(t, te.dir, dirBody) {
-				if filepath.Ext(name) == extReuse {
-					reuse = append(reuse, name)
-				}
-			}
-			if len(reuse) != 1 {
-				t.Errorf("body/ holds %v, want one kept file", reuse)
-			}
-		})
+	fsys := newTakenNames()
+	te := newTestEnv(t, Options{FS: fsys, ReadyFiles: 2})
+	waitReady(t, te.s, 2)
+	d := &deliverer{}
+	run(t, te.s, d)
+	const n = 24
+	var want []string
+	for i := range n {
+		body := fmt.Sprintf("Subject: %d\r\n\r\nbody %d\r\n", i, i)
+		want = append(want, body)
+		te.ev.wait(t, EventDelivered, put(t, te.s, body, "a@x"))
+	}
+	calls := d.Calls()
+	if len(calls) != n {
+		t.Fatalf("%d deliveries, want %d", len(calls), n)
+	}
+	for i, c := range calls {
+		if c.body != want[i] {
+			t.Errorf("message %d delivered as %q, want %q", i, c.body, want[i])
+		}
+	}
+	fsys.mu.Lock()
+	defer fsys.mu.Unlock()
+	for path, content := range fsys.decoys {
+		if got, err := os.ReadFile(path); err != nil || string(got) != content {
+			t.Errorf("%s: %q, %v; want the file that was there, %q", filepath.Base(path), got, err, content)
+		}
+	}
+	t.Logf("decoys met %v, fresh renames %v", fsys.hit, fsys.renamed)
+	for _, ext := range []string{extReuse, extBody} {
+		if fsys.hit[ext] == 0 || fsys.renamed[ext] == 0 {
+			t.Errorf("renames to %s: %d decoys met, %d done; want both", ext, fsys.hit[ext], fsys.renamed[ext])
+		}
+	}
+}
+
+// TestReuseGivesUpOnTakenNames: when every ID drawn is taken, a delivered
+// message's file is not kept (reuse reports false, and its caller removes
+// the file) and nothing is replaced.
+func TestReuseGivesUpOnTakenNames(t *testing.T) {
+	t.Parallel()
+	fsys := newTakenNames()
+	te := newTestEnv(t, Options{FS: fsys, ReadyFiles: 4})
+	waitReady(t, te.s, 4)
+	id := put(t, te.s, "Subject: x\r\n\r\nbody\r\n", "a@x")
+	fsys.always.Store(true)
+	if te.s.ready.reuse(id) {
+		t.Fatal("the file was kept although every name drawn was taken")
+	}
+	if _, err := os.Stat(filepath.Join(te.dir, dirBody, string(id)+extBody)); err != nil {
+		t.Errorf("the file under its own name, for the caller to remove: %v", err)
+	}
+	fsys.mu.Lock()
+	defer fsys.mu.Unlock()
+	if len(fsys.decoys) != 3 {
+		t.Errorf("%d names drawn, want 3", len(fsys.decoys))
+	}
+	for path, content := range fsys.decoys {
+		if got, err := os.ReadFile(path); err != nil || string(got) != content {
+			t.Errorf("%s: %q, %v; want %q", filepath.Base(path), got, err, content)
+		}
 	}
 }
