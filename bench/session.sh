@@ -72,7 +72,7 @@ awk -v concs="$CONCS" '
 		printf "\ngoals (README, Performance):\n"
 		for (i = 1; i <= n; i++) {
 			r = ratio(e2e["sealpost-dkim", c[i]], e2e["postfix-dkim-unix", c[i]])
-			printf "  c = %-3s sealpost DKIM / Postfix + OpenDKIM  %5.1fx (>= 3)     %s\n", c[i], r, verdict(r >= 3)
+			printf "  c = %-3s sealpost DKIM / Postfix + OpenDKIM  %5.2fx (>= 3)    %s\n", c[i], r, verdict(r >= 3)
 		}
 		for (i = 1; i <= n; i++) {
 			if (c[i] == 1) continue
