@@ -16,6 +16,28 @@ type bodyOps struct {
 	creates, removes atomic.Int64
 }
 
+// deliverInTurn puts each body and waits for its delivery before the
+// next, then checks that d received exactly the bodies, in order.
+func deliverInTurn(t *testing.T, te *testEnv, d *deliverer, bodies []string) []ID {
+	t.Helper()
+	var ids []ID
+	for _, body := range bodies {
+		id := put(t, te.s, body, "a@x")
+		ids = append(ids, id)
+		te.ev.wait(t, EventDelivered, id)
+	}
+	calls := d.Calls()
+	if len(calls) != len(bodies) {
+		t.Fatalf("%d deliveries, want %d", len(calls), len(bodies))
+	}
+	for i, c := range calls {
+		if c.body != bodies[i] {
+			t.Errorf("message %d delivered as %d bytes %.40q…, want %d bytes %.40q…", i, len(c.body), c.body, len(bodies[i]), bodies[i])
+		}
+	}
+	return ids
+}
+
 func inBody(name string) bool { return filepath.Base(filepath.Dir(name)) == dirBody }
 
 func (c *bodyOps) Create(name string) (File, error) {
@@ -46,16 +68,12 @@ func TestDeliveredFilesReused(t *testing.T) {
 	run(t, te.s, d)
 	const n = 40
 	var want []string
-	var ids []ID
 	for i := range n {
 		// Sizes go down and up, so reused files are longer and shorter
 		// than their new messages.
-		body := fmt.Sprintf("Subject: %d\r\n\r\n%s\r\n", i, strings.Repeat("x", (i*7%5)*3000))
-		want = append(want, body)
-		id := put(t, te.s, body, "a@x")
-		ids = append(ids, id)
-		te.ev.wait(t, EventDelivered, id)
+		want = append(want, fmt.Sprintf("Subject: %d\r\n\r\n%s\r\n", i, strings.Repeat("x", (i*7%5)*3000)))
 	}
+	ids := deliverInTurn(t, te, d, want)
 	// The files kept, marked or filled again, are no delivered message.
 	if list, err := te.s.List(); err != nil || len(list) != 0 {
 		t.Errorf("List after every delivery: %d messages, %v", len(list), err)
@@ -63,15 +81,6 @@ func TestDeliveredFilesReused(t *testing.T) {
 	for _, id := range ids {
 		if _, err := te.s.Get(id); !errors.Is(err, ErrNotFound) {
 			t.Errorf("Get(%s) of a delivered message: %v, want ErrNotFound", id, err)
-		}
-	}
-	calls := d.Calls()
-	if len(calls) != n {
-		t.Fatalf("%d deliveries, want %d", len(calls), n)
-	}
-	for i, c := range calls {
-		if c.body != want[i] {
-			t.Errorf("message %d delivered as %d bytes %.40q…, want %d bytes %.40q…", i, len(c.body), c.body, len(want[i]), want[i])
 		}
 	}
 	// 4 made at the start; without reuse, about one per message.
