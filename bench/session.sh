@@ -30,11 +30,13 @@ else
 		echo "N=$N REPS=$REPS WARM=$WARM CONCS=$CONCS"
 	} >"$out/session.txt"
 	bash "$kit/sink.sh" stop >/dev/null 2>&1 || true
-	N=$N REPS=$REPS WARM=$WARM CONCS=$CONCS bash "$kit/bench-all.sh" ceiling postfix-dkim-unix >"$out/kit.log" 2>&1
+	N=$N REPS=$REPS WARM=$WARM CONCS=$CONCS bash "$kit/bench-all.sh" ceiling postfix-dkim-unix >"$out/kit.log" 2>&1 ||
+		{ echo "the kit's ceiling or Postfix run failed: see $out/kit.log" >&2; exit 1; }
 	bash "$kit/sink.sh" start >/dev/null
 	trap 'bash "$kit/sink.sh" stop >/dev/null 2>&1 || true' EXIT
 	for mode in dkim nodkim; do
-		BENCH_KIT=$kit "$here/sealpost.sh" "$mode" -n "$N" -c "$CONCS" -r "$REPS" -W "$WARM" >"$out/sealpost-$mode.log" 2>&1
+		BENCH_KIT=$kit "$here/sealpost.sh" "$mode" -n "$N" -c "$CONCS" -r "$REPS" -W "$WARM" >"$out/sealpost-$mode.log" 2>&1 ||
+			{ echo "sealpost's $mode run failed: see $out/sealpost-$mode.log" >&2; exit 1; }
 	done
 	echo "end $(date -u +%FT%TZ)" >>"$out/session.txt"
 fi
