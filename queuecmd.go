@@ -307,6 +307,10 @@ func (q queueCmd) show(idArg string, withBody bool) int {
 	}
 	defer body.Close()
 	data, err := io.ReadAll(body)
+	if errors.Is(err, spool.ErrNotFound) {
+		fmt.Fprintf(q.stderr, "sealpost queue show: %s was delivered while it was being read (delivered messages leave no trace but the audit log)\n", id)
+		return exitFailure
+	}
 	if err != nil {
 		fmt.Fprintf(q.stderr, "sealpost queue show: reading %s: %v\n", id, err)
 		return exitFailure

@@ -31,11 +31,19 @@ func (s *Spool) Lookup(id ID) (m *Message, body io.ReadCloser, inFailed bool, er
 	if inFailed {
 		dir = dirFailed
 	}
-	body, err = s.openMessage(m, dir)
+	sm, err := s.openMessage(m, dir)
 	if err != nil {
 		return nil, nil, false, err
 	}
-	return m, body, inFailed, nil
+	if !inFailed {
+		// A queued message's file can be delivered and reused for a
+		// later message while it is read: say so, rather than damaged.
+		sm.body.gone = func() bool {
+			_, err := s.Get(id)
+			return errors.Is(err, ErrNotFound)
+		}
+	}
+	return m, sm, inFailed, nil
 }
 
 // ListFailed returns the messages kept in failed/, oldest first.

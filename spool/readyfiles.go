@@ -45,8 +45,9 @@ import (
 //
 // A process that opened a delivered message's file just before it was
 // reused (a `queue show` racing the delivery) may read a later message's
-// bytes: the recorded length and sum make that read fail as damaged
-// rather than return them.
+// bytes: the recorded length and sum make that read fail rather than
+// return them, and Lookup's reader then finds the message gone from the
+// queue and says it was delivered meanwhile, not damaged.
 
 // maxReusedSize is the largest delivered message's file kept for a later
 // message; a bigger one is removed (ready files should not hold disk).

@@ -3,6 +3,7 @@ package spool
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -318,5 +319,53 @@ func TestReuseTakesOnlyMessageFiles(t *testing.T) {
 				t.Errorf("refused, but changed to %q", got)
 			}
 		})
+	}
+}
+
+// TestLookupRacingReuse: a reader of a queued message (`queue show`) whose
+// file is delivered and reused for a later message while it reads gets
+// "delivered while it was being read" (ErrNotFound), not damage; the same
+// bytes changed under a message still queued are damage (ErrCorrupt).
+func TestLookupRacingReuse(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{ReadyFiles: 4})
+	waitReady(t, te.s, 4)
+	body := "Subject: x\r\n\r\n" + strings.Repeat("x", 3000) + "\r\n"
+	for _, delivered := range []bool{true, false} {
+		id := put(t, te.s, body, "a@x")
+		_, r, _, err := te.s.Lookup(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := filepath.Join(te.dir, dirBody, string(id)+extBody)
+		if delivered {
+			// As a delivery does once the upstream took the message:
+			// the file is marked and renamed for reuse.
+			if !te.s.ready.reuse(id) {
+				t.Fatal("the delivered message's file was not kept")
+			}
+			reused, err := filepath.Glob(filepath.Join(te.dir, dirBody, "*"+extReuse))
+			if err != nil || len(reused) != 1 {
+				t.Fatalf("files kept for reuse: %v, %v", reused, err)
+			}
+			name = reused[0]
+		}
+		// A later message's bytes over the start of the same file.
+		f, err := os.OpenFile(name, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt([]byte("Subject: a later message"), 0); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		_, err = io.ReadAll(r)
+		r.Close()
+		switch {
+		case delivered && (!errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "delivered while")):
+			t.Errorf("reading a message delivered and reused meanwhile: %v, want ErrNotFound saying it was delivered", err)
+		case !delivered && !errors.Is(err, ErrCorrupt):
+			t.Errorf("reading a queued message damaged meanwhile: %v, want ErrCorrupt", err)
+		}
 	}
 }

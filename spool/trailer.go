@@ -145,6 +145,11 @@ type verifiedBody struct {
 	n       int64
 	checked bool
 	err     error // the mismatch, once found
+	// gone, when set, tells a mismatch apart from damage: the message
+	// has left the queue since the file was opened (delivered, and its
+	// file reused for a later message). Set for Lookup's readers only;
+	// a delivery reads a file that cannot be reused meanwhile.
+	gone func() bool
 }
 
 func newVerifiedBody(f io.ReadCloser, m *Message) *verifiedBody {
@@ -153,6 +158,9 @@ func newVerifiedBody(f io.ReadCloser, m *Message) *verifiedBody {
 }
 
 func (v *verifiedBody) mismatch(what string) error {
+	if v.gone != nil && v.gone() {
+		return fmt.Errorf("%w: %s was delivered while it was being read", ErrNotFound, v.id)
+	}
 	return fmt.Errorf("%w: body of %s does not match its metadata (%s): a submission interrupted by a crash before it was acknowledged, or damage", ErrCorrupt, v.id, what)
 }
 
