@@ -35,14 +35,9 @@ func (s *Spool) Lookup(id ID) (m *Message, body io.ReadCloser, inFailed bool, er
 	if err != nil {
 		return nil, nil, false, err
 	}
-	if !inFailed {
-		// A queued message's file can be delivered and reused for a
-		// later message while it is read: say so, rather than damaged.
-		sm.body.gone = func() bool {
-			_, err := s.Get(id)
-			return errors.Is(err, ErrNotFound)
-		}
-	}
+	// A queued message can be delivered and its file reused for a
+	// later message while it is read: say so, rather than damaged.
+	sm.body.telling = !inFailed
 	return m, sm, inFailed, nil
 }
 

@@ -46,8 +46,9 @@ import (
 // A process that opened a delivered message's file just before it was
 // reused (a `queue show` racing the delivery) may read a later message's
 // bytes: the recorded length and sum make that read fail rather than
-// return them, and Lookup's reader then finds the message gone from the
-// queue and says it was delivered meanwhile, not damaged.
+// return them, and Lookup's reader, finding the file now ends in the
+// reuse mark or another message's trailer, says it was delivered
+// meanwhile, not damaged.
 
 // maxReusedSize is the largest delivered message's file kept for a later
 // message; a bigger one is removed (ready files should not hold disk).

@@ -323,24 +323,29 @@ func TestReuseTakesOnlyMessageFiles(t *testing.T) {
 }
 
 // TestLookupRacingReuse: a reader of a queued message (`queue show`) whose
-// file is delivered and reused for a later message while it reads gets
-// "delivered while it was being read" (ErrNotFound), not damage; the same
-// bytes changed under a message still queued are damage (ErrCorrupt).
+// file is delivered and reused while it reads gets the message while its
+// bytes are still there (the file only marked), and "delivered while it
+// was being read" (ErrNotFound), not damage, once a later message has
+// filled the file. Bytes changed under a message
+// still queued, or deleted meanwhile, are damage (ErrCorrupt): leaving
+// the queue by any other way than reuse leaves the open file as it was.
 func TestLookupRacingReuse(t *testing.T) {
 	t.Parallel()
-	te := newTestEnv(t, Options{ReadyFiles: 4})
-	waitReady(t, te.s, 4)
 	body := "Subject: x\r\n\r\n" + strings.Repeat("x", 3000) + "\r\n"
-	for _, delivered := range []bool{true, false} {
-		id := put(t, te.s, body, "a@x")
-		_, r, _, err := te.s.Lookup(id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		name := filepath.Join(te.dir, dirBody, string(id)+extBody)
-		if delivered {
-			// As a delivery does once the upstream took the message:
-			// the file is marked and renamed for reuse.
+	later := "Subject: a later message\r\n\r\nshort\r\n"
+	tests := []struct {
+		name string
+		// change changes what the open reader will read; name is the
+		// message's file.
+		change func(t *testing.T, te *testEnv, id ID, name string)
+		want   string // "body", "delivered" or "damaged"
+	}{
+		{"marked for reuse", func(t *testing.T, te *testEnv, id ID, _ string) {
+			if !te.s.ready.reuse(id) {
+				t.Fatal("the delivered message's file was not kept")
+			}
+		}, "body"},
+		{"filled by a later message", func(t *testing.T, te *testEnv, id ID, _ string) {
 			if !te.s.ready.reuse(id) {
 				t.Fatal("the delivered message's file was not kept")
 			}
@@ -348,24 +353,65 @@ func TestLookupRacingReuse(t *testing.T) {
 			if err != nil || len(reused) != 1 {
 				t.Fatalf("files kept for reuse: %v, %v", reused, err)
 			}
-			name = reused[0]
-		}
-		// A later message's bytes over the start of the same file.
-		f, err := os.OpenFile(name, os.O_WRONLY, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.WriteAt([]byte("Subject: a later message"), 0); err != nil {
-			t.Fatal(err)
-		}
-		f.Close()
-		_, err = io.ReadAll(r)
-		r.Close()
-		switch {
-		case delivered && (!errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "delivered while")):
-			t.Errorf("reading a message delivered and reused meanwhile: %v, want ErrNotFound saying it was delivered", err)
-		case !delivered && !errors.Is(err, ErrCorrupt):
-			t.Errorf("reading a queued message damaged meanwhile: %v, want ErrCorrupt", err)
-		}
+			// What a Put into the reused file leaves: the later message
+			// from the start, its trailer, the rest cut off.
+			meta, err := encodeMessage(&Message{ID: newID(te.clock.Now()), Envelope: Envelope{From: "app@example.com", To: []string{"a@x"}},
+				Size: int64(len(later)), Rcpts: []Rcpt{{Addr: "a@x", State: Pending}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, reused[0], string(appendTrailer([]byte(later), meta)))
+		}, "delivered"},
+		{"damaged, still queued", func(t *testing.T, _ *testEnv, _ ID, name string) {
+			overwriteStart(t, name)
+		}, "damaged"},
+		{"damaged, then deleted", func(t *testing.T, te *testEnv, id ID, name string) {
+			overwriteStart(t, name)
+			if err := te.s.Delete(id); err != nil {
+				t.Fatal(err)
+			}
+		}, "damaged"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.ReplaceAll(tt.name, " ", "_"), func(t *testing.T) {
+			t.Parallel()
+			te := newTestEnv(t, Options{ReadyFiles: 4})
+			waitReady(t, te.s, 4)
+			id := put(t, te.s, body, "a@x")
+			_, r, _, err := te.s.Lookup(id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			tt.change(t, te, id, filepath.Join(te.dir, dirBody, string(id)+extBody))
+			got, err := io.ReadAll(r)
+			switch tt.want {
+			case "body":
+				if err != nil || string(got) != body {
+					t.Errorf("read: %d bytes, %v; want the message", len(got), err)
+				}
+			case "delivered":
+				if !errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "delivered while") {
+					t.Errorf("read: %v, want ErrNotFound saying it was delivered", err)
+				}
+			case "damaged":
+				if !errors.Is(err, ErrCorrupt) {
+					t.Errorf("read: %v, want ErrCorrupt", err)
+				}
+			}
+		})
+	}
+}
+
+// overwriteStart changes the first bytes of the file name in place.
+func overwriteStart(t *testing.T, name string) {
+	t.Helper()
+	f, err := os.OpenFile(name, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt([]byte("Subject: changed"), 0); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
+	"io/fs"
 )
 
 // A message's first metadata is written at the end of its body file, after
@@ -132,9 +133,10 @@ func (b bodySum) String() string { return fmt.Sprintf("%s%08x", bodySumPrefix, b
 // records one, its sum (messages queued by versions before it have none).
 // The read that would complete the body returns its bytes only once the
 // whole body has checked; otherwise it returns no bytes and an error
-// wrapping ErrCorrupt. So a deliverer never has the whole of a damaged
-// body, whether it reads to io.EOF or counts Size bytes, and ends up
-// aborting rather than ending the data.
+// wrapping ErrCorrupt (ErrNotFound for a Lookup reader whose file was
+// reused for a later message meanwhile). So a deliverer never has the
+// whole of a damaged body, whether it reads to io.EOF or counts Size
+// bytes, and ends up aborting rather than ending the data.
 type verifiedBody struct {
 	f       io.ReadCloser
 	r       io.Reader // f limited to the body's length
@@ -145,11 +147,11 @@ type verifiedBody struct {
 	n       int64
 	checked bool
 	err     error // the mismatch, once found
-	// gone, when set, tells a mismatch apart from damage: the message
-	// has left the queue since the file was opened (delivered, and its
-	// file reused for a later message). Set for Lookup's readers only;
-	// a delivery reads a file that cannot be reused meanwhile.
-	gone func() bool
+	// telling, set for Lookup's readers, tells a mismatch apart from
+	// damage: the file was reused for a later message since it was
+	// opened (the message delivered meanwhile). A delivery reads a file
+	// that cannot be reused meanwhile, and leaves it unset.
+	telling bool
 }
 
 func newVerifiedBody(f io.ReadCloser, m *Message) *verifiedBody {
@@ -158,7 +160,7 @@ func newVerifiedBody(f io.ReadCloser, m *Message) *verifiedBody {
 }
 
 func (v *verifiedBody) mismatch(what string) error {
-	if v.gone != nil && v.gone() {
+	if v.telling && v.reused() {
 		return fmt.Errorf("%w: %s was delivered while it was being read", ErrNotFound, v.id)
 	}
 	return fmt.Errorf("%w: body of %s does not match its metadata (%s): a submission interrupted by a crash before it was acknowledged, or damage", ErrCorrupt, v.id, what)
@@ -183,6 +185,46 @@ func (v *verifiedBody) Read(p []byte) (int, error) {
 		return 0, v.err
 	}
 	return n, err
+}
+
+// reused reports whether the open file now ends as only reuse leaves a
+// file: in the reuse mark, or in the trailer of another message. Damage
+// cannot forge either (the trailer's checksum), and a message deleted,
+// failed or quarantined meanwhile keeps its file as it was, so anything
+// else is damage.
+func (v *verifiedBody) reused() bool {
+	f, ok := v.f.(interface {
+		io.ReaderAt
+		Stat() (fs.FileInfo, error)
+	})
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	size := fi.Size()
+	tail := make([]byte, min(size, trailerReadAhead))
+	if _, err := f.ReadAt(tail, size-int64(len(tail))); err != nil {
+		return false
+	}
+	metaJSON, state, need := parseTrailer(tail, size)
+	if need > 0 {
+		tail = make([]byte, need)
+		if _, err := f.ReadAt(tail, size-need); err != nil {
+			return false
+		}
+		metaJSON, state, _ = parseTrailer(tail, size)
+	}
+	switch state {
+	case trailerReady:
+		return true
+	case trailerOK:
+		m, err := decodeListing(metaJSON, "")
+		return err == nil && m.ID != v.id
+	}
+	return false
 }
 
 // corrupt is the mismatch found so far, if any.
