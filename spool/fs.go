@@ -283,3 +283,27 @@ func renameIfAbsent(oldpath, newpath string) error {
 	}
 	return osFS{}.Rename(oldpath, newpath)
 }
+
+// openFile is an open file whose end can be read: an *os.File.
+type openFile interface {
+	io.ReaderAt
+	Stat() (fs.FileInfo, error)
+}
+
+// fileTail reads the last len(buf) bytes of an open file (all of it when
+// it is smaller) into buf, and returns them and the file's size; a file
+// cut short since the Stat gives what there is.
+func fileTail(f openFile, buf []byte) ([]byte, int64, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, 0, err
+	}
+	size := fi.Size()
+	n := min(int64(len(buf)), size)
+	tail := buf[:n]
+	k, err := f.ReadAt(tail, size-n)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, 0, err
+	}
+	return tail[:k], size - n + int64(k), nil
+}

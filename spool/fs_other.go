@@ -3,8 +3,6 @@
 package spool
 
 import (
-	"errors"
-	"io"
 	"io/fs"
 	"os"
 )
@@ -23,19 +21,7 @@ func readTail(name string, buf []byte) ([]byte, int64, error) {
 		return nil, 0, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, 0, err
-	}
-	size := fi.Size()
-	n := min(int64(len(buf)), size)
-	tail := buf[:n]
-	k, err := f.ReadAt(tail, size-n)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, 0, err
-	}
-	// Cut short since the Stat: what there is.
-	return tail[:k], size - n + int64(k), nil
+	return fileTail(f, buf)
 }
 
 func (osFS) Rename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }

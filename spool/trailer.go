@@ -6,7 +6,6 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
-	"io/fs"
 )
 
 // A message's first metadata is written at the end of its body file, after
@@ -95,13 +94,19 @@ func parseTrailer(tail []byte, size int64) (metaJSON []byte, state trailerState,
 // into buf (trailerReadAhead bytes) if it fits: the result may be in buf.
 // It also returns the file's size.
 func readTrailer(fsys FS, name string, buf []byte) ([]byte, trailerState, int64, error) {
-	tail, size, err := fsys.ReadTail(name, buf)
+	return readTrailerVia(func(b []byte) ([]byte, int64, error) { return fsys.ReadTail(name, b) }, buf)
+}
+
+// readTrailerVia is readTrailer through readTail, which reads the last
+// len(b) bytes of the file and returns them and its size.
+func readTrailerVia(readTail func(b []byte) ([]byte, int64, error), buf []byte) ([]byte, trailerState, int64, error) {
+	tail, size, err := readTail(buf)
 	if err != nil {
 		return nil, 0, 0, err
 	}
 	data, state, need := parseTrailer(tail, size)
 	if need > 0 {
-		if tail, size, err = fsys.ReadTail(name, make([]byte, need)); err != nil {
+		if tail, size, err = readTail(make([]byte, need)); err != nil {
 			return nil, 0, 0, err
 		}
 		if data, state, need = parseTrailer(tail, size); need > 0 {
@@ -193,29 +198,13 @@ func (v *verifiedBody) Read(p []byte) (int, error) {
 // failed or quarantined meanwhile keeps its file as it was, so anything
 // else is damage.
 func (v *verifiedBody) reused() bool {
-	f, ok := v.f.(interface {
-		io.ReaderAt
-		Stat() (fs.FileInfo, error)
-	})
+	f, ok := v.f.(openFile)
 	if !ok {
 		return false
 	}
-	fi, err := f.Stat()
+	metaJSON, state, _, err := readTrailerVia(func(b []byte) ([]byte, int64, error) { return fileTail(f, b) }, make([]byte, trailerReadAhead))
 	if err != nil {
 		return false
-	}
-	size := fi.Size()
-	tail := make([]byte, min(size, trailerReadAhead))
-	if _, err := f.ReadAt(tail, size-int64(len(tail))); err != nil {
-		return false
-	}
-	metaJSON, state, need := parseTrailer(tail, size)
-	if need > 0 {
-		tail = make([]byte, need)
-		if _, err := f.ReadAt(tail, size-need); err != nil {
-			return false
-		}
-		metaJSON, state, _ = parseTrailer(tail, size)
 	}
 	switch state {
 	case trailerReady:
