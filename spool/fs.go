@@ -274,6 +274,32 @@ func (d *dirSyncer) close() error {
 	return err
 }
 
+// renameFresh renames to a name that must not exist, as maildir delivers:
+// a hard link, which the kernel refuses over an existing name in the same
+// step that makes it, then the removal of the old name. (renameat2's
+// RENAME_NOREPLACE would do it in one call, but package syscall does not
+// have it on every platform, and the spool imports the standard library
+// only.) A crash between the two leaves one file under both names, each
+// one the recovery removes: a .reuse name, or a marked ready file. A file
+// system without hard links gets a check and a rename in two steps, which
+// is enough within the one process that holds the spool's lock.
+func renameFresh(oldpath, newpath string) error {
+	err := os.Link(oldpath, newpath)
+	switch {
+	case err == nil:
+		if err := os.Remove(oldpath); err != nil {
+			// Undone, so that the caller's view (not renamed) holds.
+			os.Remove(newpath)
+			return err
+		}
+		return nil
+	case errors.Is(err, fs.ErrExist):
+		return err
+	default:
+		return renameIfAbsent(oldpath, newpath)
+	}
+}
+
 // renameIfAbsent renames unless newpath exists, in two steps.
 func renameIfAbsent(oldpath, newpath string) error {
 	if _, err := os.Lstat(newpath); err == nil {

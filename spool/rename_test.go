@@ -18,7 +18,7 @@ func TestRenameFreshNeverReplaces(t *testing.T) {
 	for _, tt := range []struct {
 		name   string
 		rename func(oldpath, newpath string) error
-	}{{"this platform", renameFresh}, {"check then rename", renameIfAbsent}} {
+	}{{"link, then remove", renameFresh}, {"check, then rename", renameIfAbsent}} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
