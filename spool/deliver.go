@@ -542,7 +542,7 @@ func (s *Spool) emit(events []Event) {
 // deliver calls d with the body open, turning a panic into a temporary
 // error: a buggy deliverer must not take the queue down with it.
 func (s *Spool) deliver(ctx context.Context, d Deliverer, m *Message, to []string) (perRcpt []error, err error) {
-	body, err := s.openMessage(m, dirBody)
+	body, err := s.openMessage(m, dirBody, false)
 	if err != nil {
 		return nil, err
 	}

@@ -31,13 +31,13 @@ func (s *Spool) Lookup(id ID) (m *Message, body io.ReadCloser, inFailed bool, er
 	if inFailed {
 		dir = dirFailed
 	}
-	sm, err := s.openMessage(m, dir)
+	// A queued message can be delivered and its file reused for a later
+	// message while it is read: racing, so that the read says so rather
+	// than that it is damaged.
+	sm, err := s.openMessage(m, dir, !inFailed)
 	if err != nil {
 		return nil, nil, false, err
 	}
-	// A queued message can be delivered and its file reused for a
-	// later message while it is read: say so, rather than damaged.
-	sm.body.telling = !inFailed
 	return m, sm, inFailed, nil
 }
 

@@ -45,9 +45,11 @@ import (
 //
 // A process that opened a delivered message's file just before it was
 // reused (a `queue show` racing the delivery) may read a later message's
-// bytes: the recorded length and sum make that read fail rather than
-// return them, and Lookup's reader, finding the file now ends in the
-// reuse mark or another message's trailer, says it was delivered
+// bytes: the recorded length and sum make a read to the body's end fail
+// rather than return them (a reader that stops before the end gets no
+// such check), and the readers of Lookup and OpenBody, finding the file
+// now ends in the reuse mark or another message's trailer, or in no
+// trailer at another size than they opened it at, say it was delivered
 // meanwhile, not damaged.
 
 // maxReusedSize is the largest delivered message's file kept for a later

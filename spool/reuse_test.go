@@ -362,6 +362,18 @@ func TestLookupRacingReuse(t *testing.T) {
 			}
 			writeFile(t, reused[0], string(appendTrailer([]byte(later), meta)))
 		}, "delivered"},
+		{"being filled by a longer later message", func(t *testing.T, te *testEnv, id ID, _ string) {
+			if !te.s.ready.reuse(id) {
+				t.Fatal("the delivered message's file was not kept")
+			}
+			reused, err := filepath.Glob(filepath.Join(te.dir, dirBody, "*"+extReuse))
+			if err != nil || len(reused) != 1 {
+				t.Fatalf("files kept for reuse: %v, %v", reused, err)
+			}
+			// A Put still writing: the later message's first 5000 bytes,
+			// past the old end, and no trailer yet.
+			writeFile(t, reused[0], "Subject: a later message\r\n\r\n"+strings.Repeat("y", 5000))
+		}, "delivered"},
 		{"damaged, still queued", func(t *testing.T, _ *testEnv, _ ID, name string) {
 			overwriteStart(t, name)
 		}, "damaged"},
@@ -372,34 +384,46 @@ func TestLookupRacingReuse(t *testing.T) {
 			}
 		}, "damaged"},
 	}
+	openers := []struct {
+		name string
+		open func(s *Spool, id ID) (io.ReadCloser, error)
+	}{
+		{"Lookup", func(s *Spool, id ID) (io.ReadCloser, error) {
+			_, r, _, err := s.Lookup(id)
+			return r, err
+		}},
+		{"OpenBody", (*Spool).OpenBody},
+	}
 	for _, tt := range tests {
-		t.Run(strings.ReplaceAll(tt.name, " ", "_"), func(t *testing.T) {
-			t.Parallel()
-			te := newTestEnv(t, Options{ReadyFiles: 4})
-			waitReady(t, te.s, 4)
-			id := put(t, te.s, body, "a@x")
-			_, r, _, err := te.s.Lookup(id)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
-			tt.change(t, te, id, filepath.Join(te.dir, dirBody, string(id)+extBody))
-			got, err := io.ReadAll(r)
-			switch tt.want {
-			case "body":
-				if err != nil || string(got) != body {
-					t.Errorf("read: %d bytes, %v; want the message", len(got), err)
+		for _, opener := range openers {
+			t.Run(opener.name+"/"+strings.ReplaceAll(tt.name, " ", "_"), func(t *testing.T) {
+				t.Parallel()
+				te := newTestEnv(t, Options{ReadyFiles: 4})
+				waitReady(t, te.s, 4)
+				id := put(t, te.s, body, "a@x")
+				r, err := opener.open(te.s, id)
+				if err != nil {
+					t.Fatal(err)
 				}
-			case "delivered":
-				if !errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "delivered while") {
-					t.Errorf("read: %v, want ErrNotFound saying it was delivered", err)
+				defer r.Close()
+				tt.change(t, te, id, filepath.Join(te.dir, dirBody, string(id)+extBody))
+				got, err := io.ReadAll(r)
+				switch tt.want {
+				case "body":
+					if err != nil || string(got) != body {
+						t.Errorf("read: %d bytes, %v; want the message", len(got), err)
+					}
+				case "delivered":
+					if !errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "delivered while") {
+						t.Errorf("read: %v, want ErrNotFound saying it was delivered", err)
+					}
+				case "damaged":
+					if !errors.Is(err, ErrCorrupt) {
+						t.Errorf("read: %v, want ErrCorrupt", err)
+					}
 				}
-			case "damaged":
-				if !errors.Is(err, ErrCorrupt) {
-					t.Errorf("read: %v, want ErrCorrupt", err)
-				}
-			}
-		})
+			})
+		}
 	}
 }
 

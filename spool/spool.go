@@ -766,13 +766,15 @@ func (s *Spool) OpenBody(id ID) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, err
 	}
-	return s.openMessage(m, dirBody)
+	return s.openMessage(m, dirBody, true)
 }
 
 // openMessage opens m as it is delivered: its Header fields, then the
 // body from its file in dir (body/ or failed/), checked against the
-// metadata as it is read (verifiedBody).
-func (s *Spool) openMessage(m *Message, dir string) (*storedMessage, error) {
+// metadata as it is read (verifiedBody). A reader that may race the
+// message's delivery (racing) notes the file's size, so that a read
+// that finds the file reused meanwhile says so, not that it is damaged.
+func (s *Spool) openMessage(m *Message, dir string, racing bool) (*storedMessage, error) {
 	id := m.ID
 	f, err := s.fs.Open(s.path(dir, string(id)+extBody))
 	if errors.Is(err, fs.ErrNotExist) {
@@ -782,7 +784,16 @@ func (s *Spool) openMessage(m *Message, dir string) (*storedMessage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool: open body %s: %w", id, err)
 	}
-	body := newVerifiedBody(f, m)
+	openSize := int64(-1)
+	if of, ok := f.(openFile); ok && racing {
+		fi, err := of.Stat()
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("spool: open body %s: %w", id, err)
+		}
+		openSize = fi.Size()
+	}
+	body := newVerifiedBody(f, m, openSize)
 	sm := &storedMessage{Reader: body, body: body}
 	if m.Header != "" {
 		sm.Reader = io.MultiReader(strings.NewReader(m.Header), body)

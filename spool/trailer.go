@@ -152,20 +152,19 @@ type verifiedBody struct {
 	n       int64
 	checked bool
 	err     error // the mismatch, once found
-	// telling, set for Lookup's readers, tells a mismatch apart from
-	// damage: the file was reused for a later message since it was
-	// opened (the message delivered meanwhile). A delivery reads a file
-	// that cannot be reused meanwhile, and leaves it unset.
-	telling bool
+	// openSize is the file's size when it was opened, for a reader that
+	// may race the message's delivery (-1 for a delivery's own, whose
+	// file cannot be reused meanwhile): see reused.
+	openSize int64
 }
 
-func newVerifiedBody(f io.ReadCloser, m *Message) *verifiedBody {
+func newVerifiedBody(f io.ReadCloser, m *Message, openSize int64) *verifiedBody {
 	want := m.Size - int64(len(m.Header))
-	return &verifiedBody{f: f, r: io.LimitReader(f, want), id: m.ID, want: want, wantSum: m.BodySum, sum: newBodySum()}
+	return &verifiedBody{f: f, r: io.LimitReader(f, want), id: m.ID, want: want, wantSum: m.BodySum, sum: newBodySum(), openSize: openSize}
 }
 
 func (v *verifiedBody) mismatch(what string) error {
-	if v.telling && v.reused() {
+	if v.reused() {
 		return fmt.Errorf("%w: %s was delivered while it was being read", ErrNotFound, v.id)
 	}
 	return fmt.Errorf("%w: body of %s does not match its metadata (%s): a submission interrupted by a crash before it was acknowledged, or damage", ErrCorrupt, v.id, what)
@@ -192,17 +191,20 @@ func (v *verifiedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// reused reports whether the open file now ends as only reuse leaves a
-// file: in the reuse mark, or in the trailer of another message. Damage
-// cannot forge either (the trailer's checksum), and a message deleted,
-// failed or quarantined meanwhile keeps its file as it was, so anything
-// else is damage.
+// reused reports whether the open file was reused for a later message
+// since it was opened (the message delivered meanwhile), as only reuse
+// changes a file: it now ends in the reuse mark or in another message's
+// trailer, or, while the later message's Put is still writing it, in no
+// whole trailer at a size other than the one it was opened at. Damage
+// forges no trailer (its checksum) and changes no size, and a message
+// deleted, failed or quarantined meanwhile keeps its file as it was, so
+// anything else is damage.
 func (v *verifiedBody) reused() bool {
 	f, ok := v.f.(openFile)
 	if !ok {
 		return false
 	}
-	metaJSON, state, _, err := readTrailerVia(func(b []byte) ([]byte, int64, error) { return fileTail(f, b) }, make([]byte, trailerReadAhead))
+	metaJSON, state, size, err := readTrailerVia(func(b []byte) ([]byte, int64, error) { return fileTail(f, b) }, make([]byte, trailerReadAhead))
 	if err != nil {
 		return false
 	}
@@ -213,7 +215,7 @@ func (v *verifiedBody) reused() bool {
 		m, err := decodeListing(metaJSON, "")
 		return err == nil && m.ID != v.id
 	}
-	return false
+	return v.openSize >= 0 && size != v.openSize
 }
 
 // corrupt is the mismatch found so far, if any.
