@@ -6,7 +6,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 )
@@ -437,5 +439,76 @@ func overwriteStart(t *testing.T, name string) {
 	defer f.Close()
 	if _, err := f.WriteAt([]byte("Subject: changed"), 0); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// opLog records, in order, the FS calls that make a kept file's mark
+// durable before its new name is.
+type opLog struct {
+	FS
+	mu  sync.Mutex
+	ops []string
+}
+
+func (f *opLog) add(op string) {
+	f.mu.Lock()
+	f.ops = append(f.ops, op)
+	f.mu.Unlock()
+}
+
+func (f *opLog) Settle(name string) error {
+	err := f.FS.Settle(name)
+	f.add("settle " + filepath.Base(name))
+	return err
+}
+
+func (f *opLog) SyncDir(name string) error {
+	err := f.FS.SyncDir(name)
+	f.add("sync " + filepath.Base(name))
+	return err
+}
+
+func (f *opLog) RenameFresh(oldpath, newpath string) error {
+	f.add("rename " + filepath.Base(oldpath) + " " + filepath.Base(newpath))
+	return f.FS.RenameFresh(oldpath, newpath)
+}
+
+// TestRefillMakesMarksDurableBeforeRenaming: a kept file goes back into
+// the pool under a fresh ID only after its reuse mark was settled and
+// body/ synced since, so that a power failure cannot leave the delivered
+// message under a name that is read as a message.
+func TestRefillMakesMarksDurableBeforeRenaming(t *testing.T) {
+	t.Parallel()
+	fsys := &opLog{FS: OSFS()}
+	te := newTestEnv(t, Options{FS: fsys, ReadyFiles: 2})
+	waitReady(t, te.s, 2)
+	d := &deliverer{}
+	run(t, te.s, d)
+	var bodies []string
+	for i := range 12 {
+		bodies = append(bodies, fmt.Sprintf("Subject: %d\r\n\r\nbody %d\r\n", i, i))
+	}
+	deliverInTurn(t, te, d, bodies)
+	fsys.mu.Lock()
+	ops := slices.Clone(fsys.ops)
+	fsys.mu.Unlock()
+	refills := 0
+	for i, op := range ops {
+		f := strings.Fields(op)
+		if f[0] != "rename" || !strings.HasSuffix(f[1], extReuse) {
+			continue
+		}
+		refills++
+		settled := slices.Index(ops[:i], "settle "+f[1])
+		if settled < 0 {
+			t.Errorf("%s renamed to %s with its mark never settled; calls: %q", f[1], f[2], ops[:i+1])
+			continue
+		}
+		if !slices.Contains(ops[settled:i], "sync "+dirBody) {
+			t.Errorf("%s renamed to %s with no sync of body/ since its mark was settled; calls: %q", f[1], f[2], ops[settled:i+1])
+		}
+	}
+	if refills == 0 {
+		t.Fatalf("no kept file went back into the pool; calls: %q", ops)
 	}
 }
