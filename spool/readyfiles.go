@@ -258,26 +258,29 @@ func (r *readyFiles) fill() error {
 	// a power failure could leave the delivered message under that name:
 	// the marks are written out, flushed by an fsync of body/, and only
 	// then are the files renamed.
-	var settled []ID
+	var settled []string // names in body/
 	for _, kept := range reused {
-		if r.s.fs.Settle(r.s.path(dirBody, string(kept)+extReuse)) != nil {
-			r.discard(string(kept) + extReuse)
+		name := string(kept) + extReuse
+		if serr := r.s.fs.Settle(r.s.path(dirBody, name)); serr != nil {
+			r.discard(name)
+			err = errors.Join(err, serr)
 			continue
 		}
-		settled = append(settled, kept)
+		settled = append(settled, name)
 	}
 	if len(settled) > 0 {
 		if serr := r.s.bodySync.sync(); serr != nil {
-			for _, kept := range settled {
-				r.discard(string(kept) + extReuse)
+			for _, name := range settled {
+				r.discard(name)
 			}
-			return fmt.Errorf("sync body directory: %w", serr)
+			return errors.Join(err, fmt.Errorf("sync body directory: %w", serr))
 		}
 	}
-	for _, kept := range settled {
-		id, now, err := r.renameFresh(r.s.path(dirBody, string(kept)+extReuse), extBody)
-		if err != nil {
-			r.discard(string(kept) + extReuse)
+	for _, name := range settled {
+		id, now, rerr := r.renameFresh(r.s.path(dirBody, name), extBody)
+		if rerr != nil {
+			r.discard(name)
+			err = errors.Join(err, rerr)
 			continue
 		}
 		made = append(made, readyFile{id: id, made: now})
@@ -287,12 +290,12 @@ func (r *readyFiles) fill() error {
 		id := newID(now)
 		f, cerr := r.s.fs.Create(r.s.path(dirBody, string(id)+extBody))
 		if cerr != nil {
-			err = cerr
+			err = errors.Join(err, cerr)
 			break
 		}
 		if cerr := f.Close(); cerr != nil {
 			r.discard(string(id) + extBody)
-			err = cerr
+			err = errors.Join(err, cerr)
 			break
 		}
 		made = append(made, readyFile{id: id, made: now})
@@ -302,7 +305,7 @@ func (r *readyFiles) fill() error {
 			for _, f := range made {
 				r.discard(string(f.id) + extBody)
 			}
-			return fmt.Errorf("sync body directory: %w", serr)
+			return errors.Join(err, fmt.Errorf("sync body directory: %w", serr))
 		}
 	}
 	r.mu.Lock()

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 )
 
@@ -510,5 +511,28 @@ func TestRefillMakesMarksDurableBeforeRenaming(t *testing.T) {
 	}
 	if refills == 0 {
 		t.Fatalf("no kept file went back into the pool; calls: %q", ops)
+	}
+}
+
+// settleFails fails every Settle.
+type settleFails struct{ FS }
+
+func (settleFails) Settle(name string) error {
+	return &os.PathError{Op: "settle", Path: name, Err: syscall.EIO}
+}
+
+// TestRefillReportsWhatFails: a kept file whose mark cannot be settled is
+// not handed out again, and the refill says why, as it does for a file it
+// cannot create.
+func TestRefillReportsWhatFails(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{FS: settleFails{OSFS()}, ReadyFiles: 2})
+	waitReady(t, te.s, 2)
+	d := &deliverer{}
+	run(t, te.s, d)
+	deliverInTurn(t, te, d, []string{"Subject: 1\r\n\r\nbody 1\r\n", "Subject: 2\r\n\r\nbody 2\r\n", "Subject: 3\r\n\r\nbody 3\r\n"})
+	ev := te.ev.wait(t, EventError, "")
+	if !errors.Is(ev.Err, syscall.EIO) || !strings.Contains(ev.Err.Error(), "prepare body files") {
+		t.Errorf("event: %v, want the refill's settle error", ev.Err)
 	}
 }
