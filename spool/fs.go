@@ -79,7 +79,7 @@ func (osFS) OpenReady(name string) (File, int64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	if size != 0 && !(len(f.footer) == footerSize && bytes.HasPrefix(f.footer, []byte(reusedMagic))) {
+	if size != 0 && !f.endsIn(reusedMagic) {
 		f.Close()
 		return nil, 0, &fs.PathError{Op: "open", Path: name, Err: errors.New("not a file made ready for a message")}
 	}
@@ -92,7 +92,7 @@ func (osFS) Reuse(name string, maxSize int64) error {
 		return err
 	}
 	defer f.Close()
-	if size > maxSize || len(f.footer) != footerSize || !bytes.HasPrefix(f.footer, []byte(trailerMagic)) {
+	if size > maxSize || !f.endsIn(trailerMagic) {
 		return &fs.PathError{Op: "reuse", Path: name, Err: errors.New("not a message's file of at most the size kept")}
 	}
 	if _, err := f.WriteAt([]byte(reusedMagic), size-int64(footerSize)); err != nil {
@@ -113,11 +113,17 @@ func (osFS) Settle(name string) error {
 	return f.Close()
 }
 
-// footedFile is an open regular file with its last footerSize bytes (all
-// of it when smaller).
+// footedFile is an open regular file with its last footerSize bytes, if
+// it has that many.
 type footedFile struct {
 	*os.File
-	footer []byte
+	footer [footerSize]byte
+	whole  bool
+}
+
+// endsIn reports whether the file ends in a whole footer with magic.
+func (f *footedFile) endsIn(magic string) bool {
+	return f.whole && bytes.HasPrefix(f.footer[:], []byte(magic))
 }
 
 func openFooter(name string, flag int) (footedFile, int64, error) {
@@ -134,12 +140,14 @@ func openFooter(name string, flag int) (footedFile, int64, error) {
 		return footedFile{}, 0, err
 	}
 	size := fi.Size()
-	footer := make([]byte, min(size, int64(footerSize)))
-	if _, err := f.ReadAt(footer, size-int64(len(footer))); err != nil {
-		f.Close()
-		return footedFile{}, 0, err
+	ff := footedFile{File: f, whole: size >= int64(footerSize)}
+	if ff.whole {
+		if _, err := f.ReadAt(ff.footer[:], size-int64(footerSize)); err != nil {
+			f.Close()
+			return footedFile{}, 0, err
+		}
 	}
-	return footedFile{File: f, footer: footer}, size, nil
+	return ff, size, nil
 }
 func (osFS) Open(name string) (io.ReadCloser, error) {
 	return openRegular(name, os.O_RDONLY, 0)

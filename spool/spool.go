@@ -498,7 +498,7 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 	// the scheduler knows it first, as busy: a Delete meanwhile is carried
 	// out when the Put ends instead of being undone by it.
 	it := s.reserve(id)
-	err = s.writeTrailer(f, data, size+int64(len(data)+footerSize), readySize)
+	err = s.writeTrailer(f, data, size, readySize)
 	if dirSynced != nil {
 		dirErr := <-dirSynced
 		dirSynced = nil
@@ -522,17 +522,19 @@ func (s *Spool) PutID(ctx context.Context, id ID, env Envelope, body io.Reader, 
 	return nil
 }
 
-// writeTrailer writes the metadata and its footer after the body and
-// fsyncs the file. A crash before the fsync has finished can leave the
+// writeTrailer writes the metadata and its footer after the body's
+// bodySize bytes and fsyncs the file. A crash before the fsync has finished can leave the
 // trailer cut short (the file is then not a message; in a reused file,
 // whose old end is marked reused until it is cut off, neither) or whole
 // after a body that is not, which the body's sum tells when it is read.
-func (s *Spool) writeTrailer(f File, metaJSON []byte, end, oldSize int64) error {
+func (s *Spool) writeTrailer(f File, metaJSON []byte, bodySize, oldSize int64) error {
 	tp := s.bufs.Get().(*[]byte)
 	defer s.bufs.Put(tp)
-	if _, err := f.Write(appendTrailer((*tp)[:0], metaJSON)); err != nil {
+	n, err := f.Write(appendTrailer((*tp)[:0], metaJSON))
+	if err != nil {
 		return fmt.Errorf("spool: write metadata: %w", err)
 	}
+	end := bodySize + int64(n)
 	// A delivered message's file, reused, may be longer than this one:
 	// the rest goes, before the fsync that makes the new size durable
 	// with the content.
