@@ -32,7 +32,8 @@ type FS interface {
 	Reuse(name string, maxSize int64) error
 	// Settle writes the file's data to the device without flushing its
 	// cache (the caller's next directory fsync does): on Linux with
-	// sync_file_range(2), elsewhere with an fdatasync.
+	// sync_file_range(2), elsewhere (and on linux/arm, where package
+	// syscall lacks it) with an fsync, which flushes too.
 	Settle(name string) error
 	Open(name string) (io.ReadCloser, error)
 	ReadFile(name string) ([]byte, error)

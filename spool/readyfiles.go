@@ -40,8 +40,8 @@ import (
 // power failure undid. On a copy-on-write file system, where a write in
 // place needs metadata that sync_file_range does not write, a power
 // failure could keep a rename and lose its mark: the file then holds a
-// delivered message under another ID, which the recovery quarantines
-// rather than delivers.
+// delivered message under another ID, which its first attempt quarantines
+// rather than delivers (its trailer names the other ID).
 //
 // A process that opened a delivered message's file just before it was
 // reused (a `queue show` racing the delivery) may read a later message's

@@ -536,3 +536,31 @@ func TestRefillReportsWhatFails(t *testing.T) {
 		t.Errorf("event: %v, want the refill's settle error", ev.Err)
 	}
 }
+
+// TestDeliveredFileUnderAFreshIDIsNotDelivered: where a power failure
+// kept a kept file's rename but lost its mark (a copy-on-write file
+// system), the file holds a delivered message under a fresh ID; its
+// trailer names the other ID, so it is quarantined, never delivered.
+func TestDeliveredFileUnderAFreshIDIsNotDelivered(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t, Options{})
+	delivered := put(t, te.s, "Subject: delivered\r\n\r\nbody\r\n", "a@x")
+	te.s.Close()
+	fresh := newID(te.clock.Now())
+	if err := os.Rename(filepath.Join(te.dir, dirBody, string(delivered)+extBody), filepath.Join(te.dir, dirBody, string(fresh)+extBody)); err != nil {
+		t.Fatal(err)
+	}
+	te.ev = newEvents()
+	s := te.open(t, Options{})
+	d := &deliverer{}
+	run(t, s, d)
+	if ev := te.ev.wait(t, EventCorrupt, ""); !errors.Is(ev.Err, ErrCorrupt) {
+		t.Errorf("corrupt event: %v, want ErrCorrupt", ev.Err)
+	}
+	if calls := d.Calls(); len(calls) != 0 {
+		t.Errorf("%d deliveries, want none", len(calls))
+	}
+	if names := files(t, te.dir, dirCorrupt); len(names) != 1 {
+		t.Errorf("quarantined %v, want the one file", names)
+	}
+}

@@ -47,7 +47,11 @@ var (
 	// body file made ready for a message (empty, or a delivered message's
 	// kept for reuse) that a crash left unused, or an empty one of a
 	// submission cut off before its first byte. No queued message was in
-	// it; a crash leaves up to twice Options.ReadyFiles of them.
+	// it. A crash leaves the pool's files, the kept files waiting for a
+	// refill and those handed to submissions in progress: Open's recovery
+	// removes those among the newest names at once (minRecentChecked), any
+	// other (a submission slower than that many later ones) at its first
+	// attempt, counted as queued until then.
 	ErrEmptyLeftover = errors.New("spool: removed an empty body file")
 )
 
