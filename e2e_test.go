@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -345,14 +346,14 @@ func TestServeRefusesRoot(t *testing.T) {
 // TestServeStopsWhileStarting: a SIGTERM while serve is still starting
 // (here waiting on a password_command, which may take up to its 30 s
 // timeout) stops it at once and cleanly, not after the command: an admin's
-// Ctrl-C or `systemctl stop` must not seem ignored. The command only
-// returns once the daemon has exited (or the test ends).
+// Ctrl-C or `systemctl stop` must not seem ignored. The command is killed
+// with it, not left running on its own.
 func TestServeStopsWhileStarting(t *testing.T) {
 	t.Parallel()
 	setup := newSetup(t, certstest.NewCA(t).CertPEM())
-	started, release := filepath.Join(setup.dir, "started"), filepath.Join(setup.dir, "release")
-	t.Cleanup(func() { os.WriteFile(release, nil, 0o600) })
-	script := fmt.Sprintf("touch %s; i=0; while [ ! -e %s ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; echo pw", started, release)
+	started := filepath.Join(setup.dir, "started")
+	// The command writes its pid, then waits up to a minute.
+	script := fmt.Sprintf("echo $$ >%s.tmp; mv %s.tmp %s; i=0; while [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; echo pw", started, started, started)
 	cfg := setup.writeConfig(t, freePort(t), "127.0.0.1:1", "")
 	src, err := os.ReadFile(cfg)
 	if err != nil {
@@ -364,8 +365,12 @@ func TestServeStopsWhileStarting(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := spawnServe(t, cfg)
+	var pid int
 	for i := 0; ; i++ {
-		if _, err := os.Stat(started); err == nil {
+		if b, err := os.ReadFile(started); err == nil {
+			if pid, err = strconv.Atoi(strings.TrimSpace(string(b))); err != nil {
+				t.Fatalf("the password command's pid: %v", err)
+			}
 			break
 		}
 		select {
@@ -391,6 +396,11 @@ func TestServeStopsWhileStarting(t *testing.T) {
 	}
 	if !strings.Contains(d.stderr.String(), "stopped by a signal before it began serving") {
 		t.Errorf("the log does not say why it stopped:\n%s", d.stderr)
+	}
+	// Killed with the start, not left running without its parent.
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		syscall.Kill(pid, syscall.SIGKILL)
+		t.Errorf("the password command (pid %d) outlived serve: kill(0) = %v", pid, err)
 	}
 }
 

@@ -148,8 +148,13 @@ func cmdServe(args []string, stderr io.Writer) int {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	r, err := newRelay(ctx, cfg, logger)
-	if errors.Is(err, errStoppedStarting) {
+	// New can wait on the upstream's secret (a password_command, up to
+	// its 30 s timeout): ctx has a SIGTERM or Ctrl-C meanwhile kill the
+	// command and stop the process at once, not after it. Nothing New
+	// leaves half made needs more than the process's exit: the spool is
+	// crash-safe and a stale socket is replaced at the next start.
+	r, err := relay.New(cfg, relay.Options{Logger: logger, Context: ctx})
+	if err != nil && ctx.Err() != nil {
 		logger.Info("sealpost stopped by a signal before it began serving")
 		return exitOK
 	}
@@ -163,37 +168,6 @@ func cmdServe(args []string, stderr io.Writer) int {
 		return exitSoftware
 	}
 	return exitOK
-}
-
-var errStoppedStarting = errors.New("stopped while starting")
-
-// newRelay runs relay.New, which can wait on the upstream's secret (a
-// password_command, up to its 30 s timeout), so that a SIGTERM or Ctrl-C
-// meanwhile stops the process at once instead of after it. Nothing New
-// leaves half made needs more than the process's exit: the spool is
-// crash-safe and a stale socket is replaced at the next start. A relay
-// that was made all the same is returned, and stopped the clean way.
-func newRelay(ctx context.Context, cfg *relay.Config, logger *slog.Logger) (*relay.Relay, error) {
-	type made struct {
-		r   *relay.Relay
-		err error
-	}
-	done := make(chan made, 1)
-	go func() {
-		r, err := relay.New(cfg, relay.Options{Logger: logger})
-		done <- made{r, err}
-	}()
-	select {
-	case m := <-done:
-		return m.r, m.err
-	case <-ctx.Done():
-		select {
-		case m := <-done:
-			return m.r, m.err
-		default:
-			return nil, errStoppedStarting
-		}
-	}
 }
 
 // reloadOnHangup applies a changed configuration on SIGHUP (sent by

@@ -27,6 +27,10 @@ import (
 // Options are the relay's dependencies that do not come from the file.
 type Options struct {
 	Logger *slog.Logger // operational log and audit records; default discards
+	// Context bounds New's start-up: reading the upstreams' secrets (a
+	// password_command is killed when it ends). Nil is
+	// context.Background().
+	Context context.Context
 	// ShutdownGrace bounds how long Run waits for sessions and deliveries
 	// in flight when its context ends (default 30s).
 	ShutdownGrace time.Duration
@@ -105,7 +109,11 @@ func New(cfg *Config, opts Options) (_ *Relay, err error) {
 	}
 
 	r.clock = opts.Clock
-	if r.routes, err = newRouter(cfg, r.log, r.now, r.liveRoutes); err != nil {
+	ctx := opts.Context
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if r.routes, err = newRouter(ctx, cfg, r.log, r.now, r.liveRoutes); err != nil {
 		return nil, err
 	}
 	r.routes.registerMetrics(r.ops.metrics.registry())

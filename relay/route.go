@@ -50,11 +50,11 @@ type router struct {
 
 // newRouter builds a client and a pool per upstream. Secrets are read
 // once here so a missing password or refresh token file stops the start.
-func newRouter(cfg *Config, log *slog.Logger, now func() time.Time, routes func() []RouteConfig) (*router, error) {
+func newRouter(ctx context.Context, cfg *Config, log *slog.Logger, now func() time.Time, routes func() []RouteConfig) (*router, error) {
 	rt := &router{byName: map[string]*routeUpstream{}, routes: routes, log: log, now: now}
 	for _, name := range cfg.UpstreamNames() {
 		u, _ := cfg.UpstreamByName(name)
-		ru, err := newRouteUpstream(cfg, name, u, log, now)
+		ru, err := newRouteUpstream(ctx, cfg, name, u, log, now)
 		if err != nil {
 			if name == DefaultUpstream {
 				return nil, err
@@ -67,7 +67,7 @@ func newRouter(cfg *Config, log *slog.Logger, now func() time.Time, routes func(
 	return rt, nil
 }
 
-func newRouteUpstream(cfg *Config, name string, u UpstreamConfig, log *slog.Logger, now func() time.Time) (*routeUpstream, error) {
+func newRouteUpstream(ctx context.Context, cfg *Config, name string, u UpstreamConfig, log *slog.Logger, now func() time.Time) (*routeUpstream, error) {
 	// The TLS settings are built by the same code as [upstream]'s.
 	view := *cfg
 	view.Upstream = u
@@ -76,7 +76,7 @@ func newRouteUpstream(cfg *Config, name string, u UpstreamConfig, log *slog.Logg
 		return nil, fmt.Errorf("upstream TLS: %w", err)
 	}
 	ru := &routeUpstream{name: name, cfg: u, pacer: &pacer{interval: u.paceInterval()}}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	var (
 		secret  func(context.Context) (upstream.Secret, error)

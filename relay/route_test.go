@@ -259,7 +259,7 @@ func TestPacingUnderABurst(t *testing.T) {
 func routedSpool(t *testing.T, cfg *Config, clock *fakeclock.Clock, workers int) (*routingDeliverer, *spool.Spool) {
 	t.Helper()
 	log := NewLogger(&syncBuffer{}, cfg.Log)
-	rt, err := newRouter(cfg, log, clock.Now, func() []RouteConfig { return cfg.Routes })
+	rt, err := newRouter(context.Background(), cfg, log, clock.Now, func() []RouteConfig { return cfg.Routes })
 	if err != nil {
 		t.Fatal(err)
 	}
