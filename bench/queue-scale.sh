@@ -47,8 +47,12 @@ t0=$(now)
 smtp-source -s "$conc" -m "$n" -l 4096 -f bench@example.com -t sink@example.net "127.0.0.1:$port"
 t1=$(now)
 echo "filled: $n messages at c=$conc in $(secs "$t0" "$t1") s (upstream down); daemon RSS $(rss_mb "$pid") MB, peak $(hwm_mb "$pid") MB"
-queued=$("$bin" queue list -config "$cfg" | grep -c '^[0-9]\{8\}T')
+# grep -c counts 0 with status 1, which pipefail and set -e would take
+# for a failure.
+count_queued() { "$bin" queue list -config "$cfg" | { grep -c '^[0-9]\{8\}T' || true; }; }
+queued=$(count_queued)
 echo "queued: $queued"
+listed=$queued
 
 for _ in $(seq "${RESTARTS:-1}"); do
 	kill -TERM "$pid"; wait "$pid" || true
@@ -58,7 +62,7 @@ for _ in $(seq "${RESTARTS:-1}"); do
 	t1=$(now)
 	echo "restart: accepting after $(secs "$t0" "$t1") s"
 	t0=$(now)
-	listed=$("$bin" queue list -config "$cfg" | grep -c '^[0-9]\{8\}T')
+	listed=$(count_queued)
 	t1=$(now)
 	echo "queue list: $listed messages in $(secs "$t0" "$t1") s"
 	sleep 1

@@ -80,5 +80,5 @@ for _ in $(seq 50); do
 done
 # The spool's own listing: body/ also holds files made ready for messages
 # to come (empty, or delivered messages' kept for reuse).
-queue_empty="test \"\$('$work/sealpost' queue list -json -config '$work/relay.toml' 2>&1)\" = '[]'"
+queue_empty="test \"\$('$work/sealpost' queue list -json -config '$work/relay.toml' 2>/dev/null)\" = '[]'"
 bash "$kit/run.sh" -p "$port" -l "sealpost-$mode" -P "$pid" -q "$queue_empty" "$@"

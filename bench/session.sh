@@ -54,10 +54,26 @@ awk '
 ' "$out"/*.log >"$out/medians.txt"
 [ -s "$out/medians.txt" ] || { echo "no summaries in $out: see its logs" >&2; exit 1; }
 cat "$out/session.txt" 2>/dev/null || true
+# A saved session is read with the concurrencies it was run with.
+saved=$(sed -n 's/.*CONCS=//p' "$out/session.txt" 2>/dev/null | head -1)
+[ -z "$saved" ] || CONCS=$saved
+# The kit goes on past a run that fails or a pre-run check that does not
+# pass, and leaves it out of the medians: say which.
+awk -F'\t' '
+	/pre-run check failed|no successful runs/ { print "  " FILENAME ": " $0; next }
+	NF == 19 && $2 ~ /^[0-9]+$/ && $19 != "ok" { print "  " FILENAME ": " $1 " c=" $2 " rep=" $3 ": " $19 }
+' "$out"/*.log >"$out/failed.txt"
+if [ -s "$out/failed.txt" ]; then
+	echo
+	echo "runs left out of the medians:"
+	cat "$out/failed.txt"
+fi
 awk -v concs="$CONCS" '
 	{ e2e[$1, $2] = $3; range[$1, $2] = $4; cpu[$1, $2] = $5; rss[$1, $2] = $6 }
-	function ratio(a, b) { return b > 0 ? a / b : 0 }
-	function verdict(ok) { return ok ? "met" : "NOT MET" }
+	function ratio(a, b) { return a != "" && b > 0 ? a / b : -1 }
+	# Unrounded, as judged: 0.146 must not print as 0.15 beside NOT MET.
+	function show(r, unit) { return r < 0 ? "  no data" : sprintf("%6.3f%s", r, unit) }
+	function verdict(r, goal) { return r < 0 ? "no data" : r >= goal ? "met" : "NOT MET" }
 	END {
 		n = split(concs, c, " ")
 		printf "\n| configuration |"; for (i = 1; i <= n; i++) printf " c = %s |", c[i]; printf "\n|---|"
@@ -65,23 +81,23 @@ awk -v concs="$CONCS" '
 		split("ceiling postfix-dkim-unix sealpost-dkim sealpost-nodkim", labels, " ")
 		for (l = 1; l <= 4; l++) {
 			printf "| %s |", labels[l]
-			for (i = 1; i <= n; i++) printf " %s %s |", e2e[labels[l], c[i]], range[labels[l], c[i]]
+			for (i = 1; i <= n; i++) if ((labels[l], c[i]) in e2e) printf " %s %s |", e2e[labels[l], c[i]], range[labels[l], c[i]]; else printf " no data |" 
 			printf "\n"
 		}
 		printf "\nrelay CPU and peak RSS per run of N messages (median):\n"
-		for (l = 2; l <= 4; l++) for (i = 1; i <= n; i++)
+		for (l = 2; l <= 4; l++) for (i = 1; i <= n; i++) if ((labels[l], c[i]) in e2e)
 			printf "  %-18s c = %-3s %8s  %7s MB\n", labels[l], c[i], cpu[labels[l], c[i]], rss[labels[l], c[i]]
 		printf "\ngoals (README, Performance):\n"
 		for (i = 1; i <= n; i++) {
 			r = ratio(e2e["sealpost-dkim", c[i]], e2e["postfix-dkim-unix", c[i]])
-			printf "  c = %-3s sealpost DKIM / Postfix + OpenDKIM  %5.2fx (>= 3)    %s\n", c[i], r, verdict(r >= 3)
+			printf "  c = %-3s sealpost DKIM / Postfix + OpenDKIM  %s (>= 3)     %s\n", c[i], show(r, "x"), verdict(r, 3)
 		}
 		for (i = 1; i <= n; i++) {
 			if (c[i] == 1) continue
 			r = ratio(e2e["sealpost-dkim", c[i]], e2e["ceiling", c[i]])
-			printf "  c = %-3s sealpost DKIM / ceiling           %5.2f (>= 0.15)  %s\n", c[i], r, verdict(r >= 0.15)
+			printf "  c = %-3s sealpost DKIM / ceiling           %s  (>= 0.15)  %s\n", c[i], show(r, ""), verdict(r, 0.15)
 			r = ratio(e2e["sealpost-nodkim", c[i]], e2e["ceiling", c[i]])
-			printf "  c = %-3s sealpost no DKIM / ceiling        %5.2f (>= 0.30)  %s\n", c[i], r, verdict(r >= 0.30)
+			printf "  c = %-3s sealpost no DKIM / ceiling        %s  (>= 0.30)  %s\n", c[i], show(r, ""), verdict(r, 0.30)
 		}
 	}
 ' "$out/medians.txt"
