@@ -27,7 +27,7 @@ const (
 
 // testEnv is one relay under test with its own CA, spool and log.
 type testEnv struct {
-	t     *testing.T
+	t     testing.TB
 	ca    *certs.CA
 	cfg   *Config
 	logs  *syncBuffer
@@ -83,7 +83,7 @@ func startRelay(t *testing.T, cfg *Config, logs *syncBuffer) *testEnv {
 }
 
 // runRelay runs r until the test ends (or stop is called).
-func runRelay(t *testing.T, r *Relay, cfg *Config, logs *syncBuffer) *testEnv {
+func runRelay(t testing.TB, r *Relay, cfg *Config, logs *syncBuffer) *testEnv {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

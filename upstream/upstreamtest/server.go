@@ -218,14 +218,19 @@ func (s *Server) Commands() []Command {
 func (s *Server) WaitFor(ctx context.Context, n int) ([]Received, error) {
 	for {
 		s.mu.Lock()
-		msgs, changed := append([]Received(nil), s.messages...), s.changed
-		s.mu.Unlock()
-		if len(msgs) >= n {
+		changed := s.changed
+		if len(s.messages) >= n {
+			// Copied once, when there are enough: a benchmark waiting
+			// for thousands would otherwise copy them all at each.
+			msgs := append([]Received(nil), s.messages...)
+			s.mu.Unlock()
 			return msgs, nil
 		}
+		s.mu.Unlock()
 		select {
 		case <-changed:
 		case <-ctx.Done():
+			msgs := s.Messages()
 			return msgs, fmt.Errorf("upstreamtest: got %d of %d messages: %w", len(msgs), n, ctx.Err())
 		}
 	}
