@@ -56,6 +56,8 @@ Usage:
   sealpost oauth2 login [-config FILE] [-upstream NAME] [-out FILE]
                                     obtain an OAuth2 refresh token by the device-code flow; written mode 0600
   sealpost version                  print the version and build information
+
+Every command takes -config FILE (the demo and version ignore it).
 `
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -92,7 +94,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "oauth2":
 		return cmdOAuth2(rest, stdout, stderr)
 	case "version", "-version", "--version":
-		return cmdVersion(stdout)
+		return cmdVersion(rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
@@ -192,6 +194,9 @@ func reloadOnHangup(ctx context.Context, hup <-chan os.Signal, path string, r *r
 func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("demo", stderr)
 	listen := fs.String("listen", "127.0.0.1:2525", "loopback address for the demo relay")
+	// Every subcommand takes -config (the design's promise), so that a
+	// wrapper can pass it to any of them.
+	fs.String("config", "", "ignored: the demo runs on an embedded configuration")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -214,7 +219,16 @@ func selfCommand() string {
 	return "go run ."
 }
 
-func cmdVersion(stdout io.Writer) int {
+func cmdVersion(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("version", stderr)
+	fs.String("config", "", "ignored: the version needs no configuration")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "sealpost version: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
 		fmt.Fprintln(stdout, "sealpost (no build information)")
