@@ -165,11 +165,8 @@ func TestPoolBackoff(t *testing.T) {
 		}
 		return d.DialContext(ctx, network, addr)
 	}
-	var mu sync.Mutex
-	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
-	p := upstream.NewPool(newClient(t, cfg), upstream.PoolConfig{Backoff: []time.Duration{time.Minute, 5 * time.Minute}, Now: clock})
+	clock := fakeclock.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	p := upstream.NewPool(newClient(t, cfg), upstream.PoolConfig{Backoff: []time.Duration{time.Minute, 5 * time.Minute}, Now: clock.Now})
 	defer p.Close()
 
 	_, err := poolDeliver(t, p, "a@example.org")
@@ -179,17 +176,17 @@ func TestPoolBackoff(t *testing.T) {
 	}
 	for range 50 {
 		_, err := poolDeliver(t, p, "a@example.org")
-		if !errors.As(err, &be) || !be.RetryAt().Equal(clock().Add(time.Minute)) || !upstream.IsTemporary(err) {
+		if !errors.As(err, &be) || !be.RetryAt().Equal(clock.Now().Add(time.Minute)) || !upstream.IsTemporary(err) {
 			t.Fatalf("during the pause: %v, want a BackoffError until +1m", err)
 		}
 	}
 	if n := dials.Load(); n != 1 {
 		t.Fatalf("%d dials for 51 messages within one interval, want 1", n)
 	}
-	advance(time.Minute)
+	clock.Advance(time.Minute)
 	poolDeliver(t, p, "a@example.org") // the one probe of this interval, fails
 	for range 10 {
-		if _, err := poolDeliver(t, p, "a@example.org"); !errors.As(err, &be) || !be.RetryAt().Equal(clock().Add(5*time.Minute)) {
+		if _, err := poolDeliver(t, p, "a@example.org"); !errors.As(err, &be) || !be.RetryAt().Equal(clock.Now().Add(5*time.Minute)) {
 			t.Fatalf("after the 2nd failure: %v, want a pause of 5m", err)
 		}
 	}
@@ -197,7 +194,7 @@ func TestPoolBackoff(t *testing.T) {
 		t.Fatalf("%d dials after two intervals, want 2", n)
 	}
 	up.Store(true)
-	advance(5 * time.Minute)
+	clock.Advance(5 * time.Minute)
 	if _, err := poolDeliver(t, p, "a@example.org"); err != nil {
 		t.Fatalf("upstream back: %v", err)
 	}
