@@ -2,7 +2,6 @@ package spool
 
 import (
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -94,15 +93,7 @@ func (f *takenNames) RenameFresh(oldpath, newpath string) error {
 func TestFreshRenamesNeverReplace(t *testing.T) {
 	t.Parallel()
 	fsys := newTakenNames()
-	te := newTestEnv(t, Options{FS: fsys, ReadyFiles: 2})
-	waitReady(t, te.s, 2)
-	d := &deliverer{}
-	run(t, te.s, d)
-	var want []string
-	for i := range 24 {
-		want = append(want, fmt.Sprintf("Subject: %d\r\n\r\nbody %d\r\n", i, i))
-	}
-	deliverInTurn(t, te, d, want)
+	deliverNumbered(t, fsys, 24)
 	fsys.mu.Lock()
 	defer fsys.mu.Unlock()
 	for path, content := range fsys.decoys {

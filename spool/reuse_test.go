@@ -20,6 +20,22 @@ type bodyOps struct {
 	creates, removes atomic.Int64
 }
 
+// deliverNumbered delivers n numbered messages in turn through a spool on
+// fsys with two ready files, so that delivered messages' files are kept
+// and refilled all along.
+func deliverNumbered(t *testing.T, fsys FS, n int) {
+	t.Helper()
+	te := newTestEnv(t, Options{FS: fsys, ReadyFiles: 2})
+	waitReady(t, te.s, 2)
+	d := &deliverer{}
+	run(t, te.s, d)
+	var bodies []string
+	for i := range n {
+		bodies = append(bodies, fmt.Sprintf("Subject: %d\r\n\r\nbody %d\r\n", i, i))
+	}
+	deliverInTurn(t, te, d, bodies)
+}
+
 // deliverInTurn puts each body and waits for its delivery before the
 // next, then checks that d received exactly the bodies, in order.
 func deliverInTurn(t *testing.T, te *testEnv, d *deliverer, bodies []string) []ID {
@@ -344,18 +360,10 @@ func TestLookupRacingReuse(t *testing.T) {
 		want   string // "body", "delivered" or "damaged"
 	}{
 		{"marked for reuse", func(t *testing.T, te *testEnv, id ID, _ string) {
-			if !te.s.ready.reuse(id) {
-				t.Fatal("the delivered message's file was not kept")
-			}
+			keep(t, te, id)
 		}, "body"},
 		{"filled by a later message", func(t *testing.T, te *testEnv, id ID, _ string) {
-			if !te.s.ready.reuse(id) {
-				t.Fatal("the delivered message's file was not kept")
-			}
-			reused, err := filepath.Glob(filepath.Join(te.dir, dirBody, "*"+extReuse))
-			if err != nil || len(reused) != 1 {
-				t.Fatalf("files kept for reuse: %v, %v", reused, err)
-			}
+			kept := keep(t, te, id)
 			// What a Put into the reused file leaves: the later message
 			// from the start, its trailer, the rest cut off.
 			meta, err := encodeMessage(&Message{ID: newID(te.clock.Now()), Envelope: Envelope{From: "app@example.com", To: []string{"a@x"}},
@@ -363,19 +371,12 @@ func TestLookupRacingReuse(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			writeFile(t, reused[0], string(appendTrailer([]byte(later), meta)))
+			writeFile(t, kept, string(appendTrailer([]byte(later), meta)))
 		}, "delivered"},
 		{"being filled by a longer later message", func(t *testing.T, te *testEnv, id ID, _ string) {
-			if !te.s.ready.reuse(id) {
-				t.Fatal("the delivered message's file was not kept")
-			}
-			reused, err := filepath.Glob(filepath.Join(te.dir, dirBody, "*"+extReuse))
-			if err != nil || len(reused) != 1 {
-				t.Fatalf("files kept for reuse: %v, %v", reused, err)
-			}
 			// A Put still writing: the later message's first 5000 bytes,
 			// past the old end, and no trailer yet.
-			writeFile(t, reused[0], "Subject: a later message\r\n\r\n"+strings.Repeat("y", 5000))
+			writeFile(t, keep(t, te, id), "Subject: a later message\r\n\r\n"+strings.Repeat("y", 5000))
 		}, "delivered"},
 		{"damaged, still queued", func(t *testing.T, _ *testEnv, _ ID, name string) {
 			overwriteStart(t, name)
@@ -430,6 +431,20 @@ func TestLookupRacingReuse(t *testing.T) {
 	}
 }
 
+// keep has the file of id, a delivered message, kept for reuse, and
+// returns its name (the one .reuse file in body/).
+func keep(t *testing.T, te *testEnv, id ID) string {
+	t.Helper()
+	if !te.s.ready.reuse(id) {
+		t.Fatal("the delivered message's file was not kept")
+	}
+	kept, err := filepath.Glob(filepath.Join(te.dir, dirBody, "*"+extReuse))
+	if err != nil || len(kept) != 1 {
+		t.Fatalf("files kept for reuse: %v, %v", kept, err)
+	}
+	return kept[0]
+}
+
 // overwriteStart changes the first bytes of the file name in place.
 func overwriteStart(t *testing.T, name string) {
 	t.Helper()
@@ -481,15 +496,7 @@ func (f *opLog) RenameFresh(oldpath, newpath string) error {
 func TestRefillMakesMarksDurableBeforeRenaming(t *testing.T) {
 	t.Parallel()
 	fsys := &opLog{FS: OSFS()}
-	te := newTestEnv(t, Options{FS: fsys, ReadyFiles: 2})
-	waitReady(t, te.s, 2)
-	d := &deliverer{}
-	run(t, te.s, d)
-	var bodies []string
-	for i := range 12 {
-		bodies = append(bodies, fmt.Sprintf("Subject: %d\r\n\r\nbody %d\r\n", i, i))
-	}
-	deliverInTurn(t, te, d, bodies)
+	deliverNumbered(t, fsys, 12)
 	fsys.mu.Lock()
 	ops := slices.Clone(fsys.ops)
 	fsys.mu.Unlock()
